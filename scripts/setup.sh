@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what smcroute-py needs on a fresh Debian machine (run as root):
+# system packages, then a virtual environment with the project in it.
+#
+# The venv lives outside the work tree and uses Debian's /usr/bin/python3 on
+# purpose: after the daemon drops to -p USER, the interpreter and every module
+# it may still import must be readable by that user (a checkout or a pyenv
+# under /root is not).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${SMCROUTE_VENV:-/opt/smcroute-py/venv}
+
+need=()
+for pkg in libcap-dev python3-venv python3-dev gcc iproute2; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    echo "setup: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating virtual environment $venv" >&2
+    mkdir -p "$(dirname "$venv")"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+fi
+# A plain (non-editable) install: the daemon runs from the venv only.
+"$venv/bin/pip" install -q "$here[test]"
+chmod -R a+rX "$venv"
+echo "$venv"
