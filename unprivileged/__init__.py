@@ -1,0 +1,1 @@
+"""The unprivileged side: smcrouted's controller, smcroutectl, config, engine."""

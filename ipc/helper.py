@@ -1,0 +1,129 @@
+"""Schema of the helper channel (controller <-> privileged helper).
+
+Transport: one AF_UNIX SOCK_SEQPACKET socketpair; every datagram is one
+msgpack message (smcroute.ipc.codec).
+
+controller -> helper: a list of 1..MAX_BATCH request maps, each with "op",
+an integer "id" chosen by the controller, and exactly the op's fields.
+
+helper -> controller: a map with "t":
+  "replies": {"t", "replies": [reply, ...]} in request order, where a reply
+             is {"id", "ok": True, ...result fields} or
+             {"id", "ok": False, "errno": int, "error": str}
+  "upcalls": {"t", "upcalls": [[family, kind, vif, source, group], ...]}
+
+Addresses travel as raw bytes (4 or 16), families as the integers 4 and 6.
+This module is plain data: the helper imports it, so standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Request fields by op; "op" and "id" are in every request.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "hello": (),
+    "modules": (),  # debug: the helper's sys.modules, to audit its import closure
+    "add_vif": ("family", "vif", "ifindex", "threshold"),
+    "del_vif": ("family", "vif"),
+    "add_mfc": ("family", "source", "group", "iif", "oifs"),
+    "del_mfc": ("family", "source", "group"),
+    "sg_count": ("family", "source", "group"),
+}
+
+UPCALL_KINDS = ("nocache", "wrongvif", "wholepkt")
+
+
+@dataclass(frozen=True)
+class Hello:
+    id: int
+    op = "hello"
+
+
+@dataclass(frozen=True)
+class Modules:
+    id: int
+    op = "modules"
+
+
+@dataclass(frozen=True)
+class AddVif:
+    id: int
+    family: int
+    vif: int
+    ifindex: int
+    threshold: int
+    op = "add_vif"
+
+
+@dataclass(frozen=True)
+class DelVif:
+    id: int
+    family: int
+    vif: int
+    op = "del_vif"
+
+
+@dataclass(frozen=True)
+class AddMfc:
+    id: int
+    family: int
+    source: bytes
+    group: bytes
+    iif: int
+    oifs: tuple[tuple[int, int], ...]  # (vif, ttl), ascending vif
+    op = "add_mfc"
+
+
+@dataclass(frozen=True)
+class DelMfc:
+    id: int
+    family: int
+    source: bytes
+    group: bytes
+    op = "del_mfc"
+
+
+@dataclass(frozen=True)
+class SgCount:
+    id: int
+    family: int
+    source: bytes
+    group: bytes
+    op = "sg_count"
+
+
+Request = Hello | Modules | AddVif | DelVif | AddMfc | DelMfc | SgCount
+
+
+def to_wire(req: Request) -> dict[str, Any]:
+    msg: dict[str, Any] = {"op": req.op, "id": req.id}
+    for name in FIELDS[req.op]:
+        value = getattr(req, name)
+        msg[name] = [list(pair) for pair in value] if name == "oifs" else value
+    return msg
+
+
+@dataclass(frozen=True)
+class Upcall:
+    family: int
+    kind: str
+    vif: int
+    source: bytes
+    group: bytes
+
+
+def upcalls_message(upcalls: list[Upcall]) -> dict[str, Any]:
+    return {"t": "upcalls",
+            "upcalls": [[u.family, u.kind, u.vif, u.source, u.group] for u in upcalls]}
+
+
+def ok_reply(req_id: int, **result: Any) -> dict[str, Any]:
+    return {"id": req_id, "ok": True, **result}
+
+
+def error_reply(req_id: int, err: int, text: str) -> dict[str, Any]:
+    return {"id": req_id, "ok": False, "errno": err, "error": text}

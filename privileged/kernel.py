@@ -1,0 +1,163 @@
+"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h).
+
+Struct layouts are native (x86-64 and other LP64/ILP32 Linux ABIs alike,
+via struct's native alignment). Each method maps to one setsockopt/ioctl
+and raises OSError with the kernel's errno.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+
+IPPROTO_IP = socket.IPPROTO_IP
+IPPROTO_IPV6 = socket.IPPROTO_IPV6
+IPPROTO_ICMPV6 = 58
+ICMP6_FILTER = 1
+
+MRT_INIT, MRT_DONE, MRT_ADD_VIF, MRT_DEL_VIF, MRT_ADD_MFC, MRT_DEL_MFC = range(200, 206)
+MRT_PIM = 208
+MRT_TABLE = 209
+# The IPv6 options use the same numbers at level IPPROTO_IPV6.
+MRT6_INIT, MRT6_DONE, MRT6_ADD_MIF, MRT6_DEL_MIF, MRT6_ADD_MFC, MRT6_DEL_MFC = range(200, 206)
+MRT6_TABLE = 209
+
+SIOCGETSGCNT = 0x89E0 + 1  # SIOCPROTOPRIVATE + 1, same value for IPv4 and IPv6
+VIFF_USE_IFINDEX = 0x8
+MAXVIFS = 32
+
+VIFCTL = struct.Struct("@HBBIi4s")  # vifi, flags, threshold, rate_limit, lcl_ifindex, rmt_addr
+MFCCTL = struct.Struct("@4s4sH32sIIIi")  # origin, group, parent, ttls[32], counters, expire
+MIF6CTL = struct.Struct("@HBBHI")  # mifi, flags, threshold, pifi, rate_limit
+SOCKADDR_IN6 = struct.Struct("@HHI16sI")
+MF6CCTL = struct.Struct("@28s28sH8I")  # origin, group, parent, if_set (256 bits)
+SIOC_SG_REQ = struct.Struct("@4s4sLLL")
+SIOC_SG_REQ6 = struct.Struct("@28s28sLLL")
+
+# Upcall message layouts (struct igmpmsg / struct mrt6msg).
+IGMPMSG_TYPES = {1: "nocache", 2: "wrongvif", 3: "wholepkt", 4: "wholepkt"}
+MRT6MSG_TYPES = {1: "nocache", 2: "wrongvif", 3: "wholepkt"}
+
+
+def _sin6(addr: bytes) -> bytes:
+    return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, addr, 0)
+
+
+def parse_upcall4(data: bytes) -> tuple[str, int, bytes, bytes] | None:
+    """(kind, vif, source, group) of an igmpmsg, None for anything else.
+
+    The IPv4 mroute socket also receives ordinary IGMP packets; an upcall
+    has a zero byte where an IP header has its protocol field.
+    """
+    if len(data) < 20 or data[9] != 0 or data[8] not in IGMPMSG_TYPES:
+        return None
+    vif = data[10] | (data[11] << 8)
+    return IGMPMSG_TYPES[data[8]], vif, bytes(data[12:16]), bytes(data[16:20])
+
+
+def parse_upcall6(data: bytes) -> tuple[str, int, bytes, bytes] | None:
+    if len(data) < 40 or data[0] != 0 or data[1] not in MRT6MSG_TYPES:
+        return None
+    mif = struct.unpack_from("@H", data, 2)[0]
+    return MRT6MSG_TYPES[data[1]], mif, bytes(data[8:24]), bytes(data[24:40])
+
+
+class Mroute:
+    """The IPv4 and IPv6 mroute sockets of one multicast routing table."""
+
+    def __init__(self, table: int, rcvbuf: int) -> None:
+        self.table = table
+        self.sock4 = self._open(socket.AF_INET, socket.IPPROTO_IGMP, IPPROTO_IP, MRT_TABLE,
+                                MRT_INIT, table, rcvbuf)
+        # WRONGVIF upcalls are only sent with MRT_PIM set.
+        self.sock4.setsockopt(IPPROTO_IP, MRT_PIM, 1)
+        self.sock6 = self._open(socket.AF_INET6, IPPROTO_ICMPV6, IPPROTO_IPV6, MRT6_TABLE,
+                                MRT6_INIT, table, rcvbuf)
+        # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic is of no use here.
+        self.sock6.setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
+
+    @staticmethod
+    def _open(family: int, proto: int, level: int, opt_table: int, opt_init: int,
+              table: int, rcvbuf: int) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
+        try:
+            if family == socket.AF_INET:
+                sock.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                sock.setsockopt(IPPROTO_IP, 49, 0)  # IP_MULTICAST_ALL
+            else:
+                sock.setsockopt(IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+                sock.setsockopt(IPPROTO_IPV6, 29, 0)  # IPV6_MULTICAST_ALL
+            if table:
+                sock.setsockopt(level, opt_table, struct.pack("@I", table))
+            sock.setsockopt(level, opt_init, 1)
+            # A storm of new flows must not overflow the upcall queue.
+            sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        for sock, level, done in ((self.sock4, IPPROTO_IP, MRT_DONE),
+                                  (self.sock6, IPPROTO_IPV6, MRT6_DONE)):
+            try:
+                sock.setsockopt(level, done, 1)
+            except OSError:
+                pass
+            sock.close()
+
+    def add_vif(self, family: int, vif: int, ifindex: int, threshold: int) -> None:
+        if family == 4:
+            ctl = VIFCTL.pack(vif, VIFF_USE_IFINDEX, threshold, 0, ifindex, b"\0" * 4)
+            self.sock4.setsockopt(IPPROTO_IP, MRT_ADD_VIF, ctl)
+        else:
+            ctl = MIF6CTL.pack(vif, 0, threshold, ifindex, 0)
+            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_ADD_MIF, ctl)
+
+    def del_vif(self, family: int, vif: int) -> None:
+        if family == 4:
+            ctl = VIFCTL.pack(vif, 0, 0, 0, 0, b"\0" * 4)
+            self.sock4.setsockopt(IPPROTO_IP, MRT_DEL_VIF, ctl)
+        else:
+            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_DEL_MIF, struct.pack("@H", vif))
+
+    def _mfc(self, family: int, source: bytes, group: bytes, iif: int,
+             oifs: tuple[tuple[int, int], ...]) -> bytes:
+        if family == 4:
+            ttls = bytearray(MAXVIFS)
+            for vif, ttl in oifs:
+                ttls[vif] = ttl
+            return MFCCTL.pack(source, group, iif, bytes(ttls), 0, 0, 0, 0)
+        words = [0] * 8
+        for vif, _ttl in oifs:  # IPv6 has an interface set, no per-oif threshold
+            words[vif // 32] |= 1 << (vif % 32)
+        return MF6CCTL.pack(_sin6(source), _sin6(group), iif, *words)
+
+    def add_mfc(self, family: int, source: bytes, group: bytes, iif: int,
+                oifs: tuple[tuple[int, int], ...]) -> None:
+        ctl = self._mfc(family, source, group, iif, oifs)
+        if family == 4:
+            self.sock4.setsockopt(IPPROTO_IP, MRT_ADD_MFC, ctl)
+        else:
+            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_ADD_MFC, ctl)
+
+    def del_mfc(self, family: int, source: bytes, group: bytes) -> None:
+        ctl = self._mfc(family, source, group, 0, ())
+        if family == 4:
+            self.sock4.setsockopt(IPPROTO_IP, MRT_DEL_MFC, ctl)
+        else:
+            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_DEL_MFC, ctl)
+
+    def sg_count(self, family: int, source: bytes, group: bytes) -> tuple[int, int, int]:
+        """(packets, bytes, wrong_if) the kernel counted for one (S,G)."""
+        if family == 4:
+            buf = bytearray(SIOC_SG_REQ.pack(source, group, 0, 0, 0))
+            fcntl.ioctl(self.sock4.fileno(), SIOCGETSGCNT, buf)
+            _, _, packets, nbytes, wrong_if = SIOC_SG_REQ.unpack(buf)
+        else:
+            buf = bytearray(SIOC_SG_REQ6.pack(_sin6(source), _sin6(group), 0, 0, 0))
+            fcntl.ioctl(self.sock6.fileno(), SIOCGETSGCNT, buf)
+            _, _, packets, nbytes, wrong_if = SIOC_SG_REQ6.unpack(buf)
+        return packets, nbytes, wrong_if

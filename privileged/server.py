@@ -1,0 +1,136 @@
+"""The helper's request loop: validate, perform, reply; forward upcalls."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import sys
+from typing import Any
+
+from smcroute.ipc import codec
+from smcroute.ipc.helper import (
+    PROTOCOL_VERSION,
+    AddMfc,
+    AddVif,
+    DelMfc,
+    DelVif,
+    Hello,
+    Modules,
+    Request,
+    SgCount,
+    Upcall,
+    error_reply,
+    ok_reply,
+    upcalls_message,
+)
+from smcroute.policy import helper as policy
+from smcroute.policy.limits import MAXVIFS
+from smcroute.privileged.kernel import Mroute, parse_upcall4, parse_upcall6
+
+UPCALLS_PER_WAKEUP = 8192  # bounded work per wakeup; the rest waits in the kernel
+UPCALLS_PER_DATAGRAM = 1000
+
+
+class ProtocolViolation(Exception):
+    pass
+
+
+class Server:
+    def __init__(self, chan: socket.socket, mroute: Mroute, state: policy.HelperState) -> None:
+        self.chan = chan
+        self.mroute = mroute
+        self.state = state
+
+    def run(self) -> int:
+        """Serve until the controller closes its end; return the exit status."""
+        poller = select.poll()
+        socks = {self.chan.fileno(): None, self.mroute.sock4.fileno(): 4,
+                 self.mroute.sock6.fileno(): 6}
+        for fd in socks:
+            poller.register(fd, select.POLLIN)
+        while True:
+            for fd, events in poller.poll():
+                family = socks[fd]
+                if family is not None:
+                    self.forward_upcalls(family)
+                elif events & select.POLLIN:
+                    if not self.serve_one():
+                        return 0
+                else:  # POLLHUP/POLLERR without data: the controller is gone
+                    return 0
+
+    def serve_one(self) -> bool:
+        data, _, flags, _ = self.chan.recvmsg(codec.MAX_DATAGRAM + 1)
+        if not data:
+            return False
+        if flags & socket.MSG_TRUNC or len(data) > codec.MAX_DATAGRAM:
+            raise ProtocolViolation("datagram exceeds the size limit")
+        try:
+            batch = policy.parse_batch(codec.decode(data))
+        except (codec.DecodeError, policy.Violation) as exc:
+            raise ProtocolViolation(str(exc)) from None
+        replies = [self.execute(req) for req in batch]
+        self.send({"t": "replies", "replies": replies})
+        return True
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.chan.sendall(codec.encode(msg))
+
+    def execute(self, req: Request) -> dict[str, Any]:
+        if isinstance(req, Hello):
+            return ok_reply(req.id, version=PROTOCOL_VERSION, maxvifs=MAXVIFS,
+                            max_mfc=self.state.max_mfc, table=self.mroute.table,
+                            pid=os.getpid())
+        if isinstance(req, Modules):
+            return ok_reply(req.id, modules=sorted(sys.modules))
+        try:
+            policy.check(req, self.state)
+        except policy.Refusal as exc:
+            return error_reply(req.id, exc.errno, exc.text)
+        try:
+            result = self.perform(req)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+            return error_reply(req.id, err, os.strerror(err))
+        self.state.apply(req)
+        return ok_reply(req.id, **result)
+
+    def perform(self, req: Request) -> dict[str, Any]:
+        m = self.mroute
+        if isinstance(req, AddVif):
+            m.add_vif(req.family, req.vif, req.ifindex, req.threshold)
+        elif isinstance(req, DelVif):
+            m.del_vif(req.family, req.vif)
+        elif isinstance(req, AddMfc):
+            m.add_mfc(req.family, req.source, req.group, req.iif, req.oifs)
+        elif isinstance(req, DelMfc):
+            m.del_mfc(req.family, req.source, req.group)
+        elif isinstance(req, SgCount):
+            packets, nbytes, wrong_if = m.sg_count(req.family, req.source, req.group)
+            return {"packets": packets, "bytes": nbytes, "wrong_if": wrong_if}
+        return {}
+
+    def forward_upcalls(self, family: int) -> None:
+        """Read every pending upcall (bounded) and pass them on in batches."""
+        sock = self.mroute.sock4 if family == 4 else self.mroute.sock6
+        parse = parse_upcall4 if family == 4 else parse_upcall6
+        batch: list[Upcall] = []
+        for _ in range(UPCALLS_PER_WAKEUP):
+            try:
+                data = sock.recv(2048)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. ENOBUFS after an overrun: keep reading
+                continue
+            parsed = parse(data)
+            if parsed is None:
+                continue
+            kind, vif, source, group = parsed
+            batch.append(Upcall(family, kind, vif, source, group))
+            if len(batch) >= UPCALLS_PER_DATAGRAM:
+                self.send(upcalls_message(batch))
+                batch = []
+        if batch:
+            self.send(upcalls_message(batch))

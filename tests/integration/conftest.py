@@ -1,0 +1,210 @@
+"""Fixtures for the netns integration tests (root only).
+
+``topo``     sender S -- router R -- receivers A, B, C (see netns.Topology)
+``smcrouted`` factory: start smcrouted in R with a config, wait until ready,
+             always stop it; its log is printed when the test fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from .netns import Netns, Topology, kill_pid, netns_available, pid_alive, remove_stale_netns
+
+SMCROUTED = Path(sys.executable).parent / "smcrouted"
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+_REPORTS = pytest.StashKey[dict]()
+
+
+def _failed(request) -> bool:
+    reports = request.node.stash.get(_REPORTS, {})
+    return any(r.failed for r in reports.values())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stale_namespaces():
+    ok, _ = netns_available()
+    if ok:
+        remove_stale_netns()
+    yield
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    t = Topology.build()
+    try:
+        yield t
+    finally:
+        t.destroy()
+
+
+class Smcrouted:
+    """One smcrouted process running in a namespace (foreground, debug log)."""
+
+    def __init__(self, ns: Netns, workdir: Path, config: str, args: Sequence[str] = ()):
+        self.ns = ns
+        self.workdir = workdir
+        self.conf = workdir / "smcroute.conf"
+        self.pidfile = workdir / "smcroute.pid"
+        self.sock = workdir / "smcroute.sock"
+        self.logfile = workdir / "smcrouted.log"
+        self.conf.write_text(config)
+        self.conf.chmod(0o644)
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.helper: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def argv(self) -> list[str]:
+        return [
+            "ip", "netns", "exec", self.ns.name,
+            str(SMCROUTED), "-n", "-f", str(self.conf), "-P", str(self.pidfile),
+            "-u", str(self.sock), "-l", "debug", *self.args,
+        ]  # fmt: skip
+
+    def start(self) -> Smcrouted:
+        # 'ip netns exec' execs the command: the Popen pid is smcrouted's.
+        with open(self.logfile, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Smcrouted:
+        """Until the PID file holds '<pid>\\n'; fail with the log if it exits first."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        want = f"{self.pid}\n"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"smcrouted exited with {self.proc.returncode} before ready; log:\n{self.log()}"
+                )
+            try:
+                if self.pidfile.read_text() == want:
+                    self.helper = self.find_helper()
+                    return self
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"smcrouted not ready within {timeout}s; log:\n{self.log()}")
+
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def find_helper(self, timeout: float = 2.0) -> int:
+        """PID of the privileged helper: the child running smcroute.privileged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for child in self.children():
+                try:
+                    cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                except FileNotFoundError:
+                    continue
+                if b"smcroute.privileged" in cmd:
+                    return child
+            time.sleep(0.05)
+        raise AssertionError(
+            f"no smcroute.privileged child of {self.pid} (children {self.children()});"
+            f" log:\n{self.log()}"
+        )
+
+    def wait_exit(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, wait, SIGKILL; returns the exit status (negative = signal)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.helper is not None and pid_alive(self.helper):
+            _reap_if_ours(self.helper)
+        return self.proc.returncode
+
+
+def _reap_if_ours(pid: int) -> None:
+    """Kill a leftover helper, by PID, only if it still is a smcroute helper."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return
+    if b"smcroute.privileged" in cmd:
+        kill_pid(pid)
+
+
+@pytest.fixture
+def smcrouted(request, topo):
+    """Factory: ``smcrouted(config, args=(), ns=None)`` -> a ready Smcrouted in R."""
+    if not SMCROUTED.exists():
+        pytest.skip(f"{SMCROUTED} is not installed")
+    started: list[Smcrouted] = []
+    # World-readable like /run, so that a daemon running as -p nobody can
+    # still read its config (reload); the directory itself stays root's.
+    workdirs: list[Path] = []
+
+    def start(config: str, args: Sequence[str] = (), ns: Netns | None = None, ready=True):
+        workdir = Path(tempfile.mkdtemp(prefix="smcpy-"))
+        workdir.chmod(0o755)
+        workdirs.append(workdir)
+        daemon = Smcrouted(ns or topo.router, workdir, config, args)
+        started.append(daemon)
+        daemon.start()
+        if ready:
+            daemon.wait_ready()
+        return daemon
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            daemon.stop()
+            if _failed(request):
+                sys.stderr.write(
+                    f"\n--- smcrouted {daemon.args} exit {daemon.proc and daemon.proc.returncode}"
+                    f" log ---\n{daemon.log()}--- end of log ---\n"
+                )
+        for workdir in workdirs:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""Privilege separation and fate sharing of smcrouted and its helper.
+
+The controller (smcrouted) holds no capability; its one child, the
+privileged helper, holds CAP_NET_ADMIN only; both have no_new_privs. When
+either dies the other follows, and the kernel drops the routes.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from .netns import netns_available, pid_alive, proc_status, read_mfc, wait_for
+
+_ok, _why = netns_available()
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not _ok, reason=_why)]
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+CAP_NET_ADMIN = f"{1 << 12:016x}"  # bit 12
+NO_CAPS = "0" * 16
+FATE_TIMEOUT = 2.0
+DROP_TIMEOUT = 2.0  # the PID file appears before the drop (SMCRoute order)
+
+CONFIG = """\
+phyint r-s enable
+phyint r-a enable
+mroute from r-s source 10.0.1.2 group 225.1.2.3 to r-a
+mroute from r-s source fd00:1::2 group ff0e::1:3 to r-a
+"""
+
+USERS = [pytest.param(None, id="root"), pytest.param("nobody", id="p-nobody")]
+
+
+def _ids(user: str | None) -> tuple[int, int]:
+    if user is None:
+        return 0, 0
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _args(user: str | None) -> list[str]:
+    return ["-p", user] if user else []
+
+
+def _routes(topo) -> set:
+    return read_mfc(topo.router, V4) | read_mfc(topo.router, V6)
+
+
+def _expect_status(pid: int, want: dict[str, str]) -> dict[str, str]:
+    """/proc/PID/status once every field in ``want`` matches (or the deadline
+    passes: then the caller's assert shows the difference)."""
+
+    def current():
+        status = proc_status(pid)
+        return status if all(status.get(k) == v for k, v in want.items()) else None
+
+    return wait_for(current, DROP_TIMEOUT) or proc_status(pid)
+
+
+def _subset(status: dict[str, str], keys) -> dict[str, str]:
+    return {k: status.get(k) for k in keys}
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_helper_holds_cap_net_admin_only(smcrouted, user):
+    daemon = smcrouted(CONFIG, _args(user))
+    uid, gid = _ids(user)
+    want = {
+        "CapEff": CAP_NET_ADMIN,
+        "CapPrm": CAP_NET_ADMIN,
+        "CapBnd": CAP_NET_ADMIN,
+        "CapInh": NO_CAPS,
+        "CapAmb": NO_CAPS,
+        "NoNewPrivs": "1",
+        "Uid": "\t".join([str(uid)] * 4),
+        "Gid": "\t".join([str(gid)] * 4),
+    }
+    status = _expect_status(daemon.helper, want)
+    assert _subset(status, want) == want
+    if user is not None:
+        assert "0" not in status["Groups"].split(), "helper kept root's groups"
+    cmdline = Path(f"/proc/{daemon.helper}/cmdline").read_bytes().split(b"\0")
+    assert b"-I" in cmdline and b"smcroute.privileged" in cmdline, cmdline
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_controller_holds_no_capability(smcrouted, user):
+    daemon = smcrouted(CONFIG, _args(user))
+    uid, gid = _ids(user)
+    want = {
+        "CapEff": NO_CAPS,
+        "CapPrm": NO_CAPS,
+        "CapInh": NO_CAPS,
+        "CapAmb": NO_CAPS,
+        "NoNewPrivs": "1",
+        "Uid": "\t".join([str(uid)] * 4),
+        "Gid": "\t".join([str(gid)] * 4),
+    }
+    status = _expect_status(daemon.pid, want)
+    assert _subset(status, want) == want
+    if user is not None:
+        assert "0" not in status["Groups"].split(), "controller kept root's groups"
+    assert daemon.children() == [daemon.helper]
+
+
+def test_controller_killed_helper_exits_and_routes_go(topo, smcrouted):
+    daemon = smcrouted(CONFIG, ["-p", "nobody"])
+    assert len(_routes(topo)) == 2
+    helper = daemon.helper
+    os.kill(daemon.pid, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(helper), FATE_TIMEOUT), (
+        f"helper {helper} still alive {FATE_TIMEOUT}s after its controller was killed"
+    )
+    wait_for(lambda: not _routes(topo), FATE_TIMEOUT)
+    assert _routes(topo) == set()
+
+
+def test_helper_killed_controller_exits_with_error(topo, smcrouted):
+    daemon = smcrouted(CONFIG, ["-p", "nobody"])
+    assert len(_routes(topo)) == 2
+    os.kill(daemon.helper, signal.SIGKILL)
+    status = daemon.wait_exit(FATE_TIMEOUT)
+    assert status is not None, f"smcrouted still running {FATE_TIMEOUT}s after its helper died"
+    assert status != 0
+    assert "helper" in daemon.log(), daemon.log()
+    wait_for(lambda: not _routes(topo), FATE_TIMEOUT)
+    assert _routes(topo) == set()
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_sigterm_exits_cleanly_and_removes_routes(topo, smcrouted, user):
+    daemon = smcrouted(CONFIG, _args(user))
+    assert len(_routes(topo)) == 2
+    helper = daemon.helper
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.wait_exit(5.0) == 0, daemon.log()
+    assert _routes(topo) == set()
+    assert wait_for(lambda: not pid_alive(helper), FATE_TIMEOUT)
+    if user is None:  # as nobody it cannot unlink from a root-owned directory
+        assert not daemon.pidfile.exists()

@@ -1,0 +1,135 @@
+"""Logging for the controller: structlog with syslog priorities (SPEC 12).
+
+Events are key-value; the message is the event text, extra keys follow as
+key=value. Output goes to stderr as "IDENT[PID]: message" in the foreground
+and to syslog with -s or when daemonized; JSON lines on request.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+from typing import Any
+
+import structlog
+
+PRIORITY = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4, "warn": 4,
+            "notice": 5, "info": 6, "debug": 7}
+# SPEC 12.1: names tried in this order, compared on min(len(name), len(arg)) chars.
+LEVEL_NAMES = (("alert", 1), ("crit", 2), ("debug", 7), ("emerg", 0), ("err", 3), ("error", 3),
+               ("info", 6), ("none", -1), ("notice", 5), ("panic", 0), ("warn", 4),
+               ("warning", 4))
+
+
+def atoi(text: str) -> int:
+    """C atoi: optional sign and leading digits, 0 if none."""
+    text = text.lstrip(" \t\n\r\v\f")
+    sign, digits = 1, ""
+    if text[:1] in "+-" and text[:1]:
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    for ch in text:
+        if not ch.isdigit() or not ch.isascii():
+            break
+        digits += ch
+    return sign * int(digits) if digits else 0
+
+
+def parse_level(arg: str) -> int:
+    """-l argument to a syslog priority threshold; "none" logs nothing.
+
+    (SMCRoute's "none" enables every level, a bug; the usage text means none.)
+    """
+    low = arg.lower()
+    for name, value in LEVEL_NAMES:
+        n = min(len(name), len(low))
+        if name[:n] == low[:n]:
+            return value
+    return atoi(arg)
+
+
+class Logger(structlog.BoundLoggerBase):
+    """A bound logger with one method per syslog priority."""
+
+    def _log(self, method: str, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger(method, event, **kw)
+
+    def emerg(self, event: str, **kw: Any) -> Any:
+        return self._log("emerg", event, **kw)
+
+    def crit(self, event: str, **kw: Any) -> Any:
+        return self._log("crit", event, **kw)
+
+    def err(self, event: str, **kw: Any) -> Any:
+        return self._log("err", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        return self._log("warning", event, **kw)
+
+    def notice(self, event: str, **kw: Any) -> Any:
+        return self._log("notice", event, **kw)
+
+    def info(self, event: str, **kw: Any) -> Any:
+        return self._log("info", event, **kw)
+
+    def debug(self, event: str, **kw: Any) -> Any:
+        return self._log("debug", event, **kw)
+
+
+class _Sink:
+    """The end of the chain: writes a rendered line to stderr and/or syslog."""
+
+    def __init__(self, ident: str, stderr: bool, use_syslog: bool) -> None:
+        self.ident = ident
+        self.stderr = stderr
+        self.syslog = use_syslog
+        if use_syslog:
+            syslog.openlog(ident, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
+
+    def __getattr__(self, method: str) -> Any:
+        prio = PRIORITY[method]
+
+        def emit(line: str) -> None:
+            if self.stderr:
+                try:
+                    sys.stderr.write(f"{self.ident}[{os.getpid()}]: {line}\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+            if self.syslog:
+                syslog.syslog(prio, line)
+
+        return emit
+
+
+def _render_kv(_: Any, __: str, event: dict[str, Any]) -> str:
+    text = str(event.pop("event", ""))
+    extra = " ".join(f"{k}={v}" for k, v in event.items())
+    return f"{text} {extra}" if extra else text
+
+
+def configure(ident: str, level: int, stderr: bool, use_syslog: bool,
+              json: bool = False) -> Logger:
+    def level_filter(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if PRIORITY[method] > level:
+            raise structlog.DropEvent
+        return event
+
+    renderer: Any = structlog.processors.JSONRenderer() if json else _render_kv
+    processors: list[Any] = [level_filter]
+    if json:
+        processors.append(structlog.processors.add_log_level)
+        processors.append(structlog.processors.TimeStamper(fmt="iso"))
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=Logger,
+        logger_factory=lambda *_: _Sink(ident, stderr, use_syslog),
+        cache_logger_on_first_use=True,
+    )
+    return structlog.get_logger()
+
+
+def get_logger() -> Logger:
+    return structlog.get_logger()

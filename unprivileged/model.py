@@ -1,0 +1,144 @@
+"""Value objects shared by the config parser, the engine and the formatters."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Where:
+    """A place in the configuration: file and 1-based line number."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file} line {self.line}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A problem found in a configuration; errors reject the whole config."""
+
+    message: str
+    where: Where | None = None
+    error: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """An address as written, with its prefix length (full length if none given)."""
+
+    address: Address
+    length: int
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+    @property
+    def max_length(self) -> int:
+        return self.address.max_prefixlen
+
+    @property
+    def is_host(self) -> bool:
+        return self.length == self.max_length
+
+    def __str__(self) -> str:
+        return str(self.address) if self.is_host else f"{self.address}/{self.length}"
+
+
+@dataclass(frozen=True)
+class Phyint:
+    where: Where
+    pattern: str
+    enable: bool | None  # None: the default (enable, or disable with -N)
+    mrdisc: bool = False
+    threshold: int | None = None
+
+
+@dataclass(frozen=True)
+class Mroute:
+    where: Where
+    iif: str
+    source: Prefix | None  # None: any source
+    group: Prefix
+    oifs: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> int:
+        return self.group.family
+
+    @property
+    def is_ssm(self) -> bool:
+        """A source-specific (S,G) route, as opposed to a (*,G) template."""
+        return self.source is not None and self.source.is_host and self.group.is_host
+
+
+Directive = Phyint | Mroute
+
+
+@dataclass(frozen=True)
+class Config:
+    directives: tuple[Directive, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.error)
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    index: int
+    multicast: bool
+
+
+@dataclass(frozen=True)
+class Vif:
+    """One slot of the kernel's VIF (IPv4) or MIF (IPv6) table."""
+
+    family: int
+    vif: int
+    name: str
+    ifindex: int
+    threshold: int
+
+
+@dataclass(frozen=True)
+class MfcKey:
+    family: int
+    source: bytes
+    group: bytes
+
+
+@dataclass(frozen=True)
+class Mfc:
+    """One kernel MFC entry and where it came from."""
+
+    key: MfcKey
+    iif: int
+    oifs: tuple[tuple[int, int], ...]  # (vif, ttl), ascending vif
+    iif_name: str = field(compare=False)
+    oif_names: tuple[str, ...] = field(compare=False)
+    where: Where | None = field(compare=False, default=None)
+
+    @property
+    def kernel(self) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """What the kernel holds for this key; equal means nothing to do."""
+        return self.iif, self.oifs
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A config line waiting for an interface to appear."""
+
+    rule: Mroute
+    missing: tuple[str, ...]

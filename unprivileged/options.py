@@ -1,0 +1,170 @@
+"""smcrouted's command line (SPEC 1.1), parsed like glibc getopt.
+
+getopt rather than argparse: SMCRoute's users rely on getopt's exact rules
+(permutation, "-f -x" taking "-x" as the value, later options overriding
+earlier ones) and its error texts, which argparse does not reproduce.
+"""
+
+from __future__ import annotations
+
+import getopt
+import grp
+import os
+import pwd
+import sys
+from dataclasses import dataclass, field, replace
+
+from smcroute.unprivileged import texts
+from smcroute.unprivileged.log import atoi
+
+OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
+PROG = "smcrouted"
+EX_USAGE = 64
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Options:
+    cache_timeout: int = 60
+    startup_delay: int = 0
+    exit_delay: int = 0
+    script: str | None = None
+    conf: str | None = None
+    verify: bool = False
+    ident: str = texts.DEFAULT_IDENT
+    log_level: str | None = None
+    mrdisc_interval: int = 20
+    foreground: bool = False
+    no_vifs: bool = False
+    user: User | None = None
+    pidfile: str | None = None
+    syslog_votes: int = 0  # -n decrements, -s increments (order-independent)
+    table: int = 0
+    sock: str | None = None
+    extra: tuple[str, ...] = field(default=())
+
+    @property
+    def conf_path(self) -> str:
+        return self.conf or f"{texts.SYSCONFDIR}/{self.ident}.conf"
+
+    @property
+    def pid_path(self) -> str:
+        name = self.pidfile or self.ident
+        return name if name.startswith("/") else f"{texts.RUNSTATEDIR}/{name}.pid"
+
+    @property
+    def sock_path(self) -> str:
+        return self.sock or f"{texts.RUNSTATEDIR}/{self.ident}.sock"
+
+    @property
+    def log_to_stderr(self) -> bool:
+        return self.foreground and self.syslog_votes < 1
+
+    @property
+    def log_to_syslog(self) -> bool:
+        return not self.log_to_stderr
+
+
+class Exit(Exception):
+    """Stop now with this status, output already written."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def usage(opts: Options) -> str:
+    return texts.smcrouted_usage(opts.conf_path, opts.ident, opts.pid_path, opts.sock_path)
+
+
+def _fail_usage(message: str, opts: Options) -> Exit:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    sys.stdout.write(usage(opts))
+    return Exit(EX_USAGE)
+
+
+def resolve_user(spec: str) -> User:
+    """USER[:GROUP] -> ids; GROUP defaults to the user's primary group."""
+    name, _, group = spec.partition(":")
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no such user {name!r}") from None
+    gid = pw.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group {group!r}") from None
+    return User(name, pw.pw_uid, gid, tuple(sorted(set(os.getgrouplist(name, gid)))))
+
+
+def parse(argv: list[str]) -> Options:
+    """Parse argv (without the program name); raises Exit for -h, -v, errors."""
+    opts = Options()
+    try:
+        pairs, extra = getopt.gnu_getopt(argv, OPTSTRING)
+    except getopt.GetoptError as exc:
+        if "requires argument" in exc.msg:
+            raise _fail_usage(f"option requires an argument -- '{exc.opt}'", opts) from None
+        raise _fail_usage(f"invalid option -- '{exc.opt}'", opts) from None
+    for flag, value in pairs:
+        match flag:
+            case "-c":
+                opts = replace(opts, cache_timeout=atoi(value))
+            case "-d":
+                opts = replace(opts, startup_delay=max(0, atoi(value)))
+            case "-D":
+                opts = replace(opts, exit_delay=max(0, atoi(value)))
+            case "-e":
+                opts = replace(opts, script=value)
+            case "-f":
+                opts = replace(opts, conf=value)
+            case "-F":
+                opts = replace(opts, conf=value, verify=True)
+            case "-h":
+                sys.stdout.write(usage(opts))
+                raise Exit(0)
+            case "-i" | "-I":
+                opts = replace(opts, ident=value)
+            case "-l":
+                opts = replace(opts, log_level=value)
+            case "-m":
+                interval = atoi(value)
+                if not 4 <= interval <= 180:
+                    print(f"{PROG}: Invalid mrdisc announcement interval, 4-180.",
+                          file=sys.stderr)
+                    raise Exit(1)
+                opts = replace(opts, mrdisc_interval=interval)
+            case "-n":
+                opts = replace(opts, foreground=True, syslog_votes=opts.syslog_votes - 1)
+            case "-N":
+                opts = replace(opts, no_vifs=True)
+            case "-p":
+                try:
+                    opts = replace(opts, user=resolve_user(value))
+                except ValueError as exc:
+                    print(f"{PROG}: Invalid user:group argument: {exc}", file=sys.stderr)
+                    raise Exit(1) from None
+            case "-P":
+                opts = replace(opts, pidfile=value)
+            case "-s":
+                opts = replace(opts, syslog_votes=opts.syslog_votes + 1)
+            case "-t":
+                table = atoi(value)
+                if table < 0:
+                    raise _fail_usage(f"invalid table id -- '{value}'", opts)
+                opts = replace(opts, table=table)
+            case "-u":
+                opts = replace(opts, sock=value)
+            case "-v":
+                sys.stdout.write(texts.version_text())
+                raise Exit(0)
+    return replace(opts, extra=tuple(extra))

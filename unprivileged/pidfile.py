@@ -1,0 +1,41 @@
+"""The PID file: created while still root, written when ready, removed at exit."""
+
+from __future__ import annotations
+
+import os
+
+
+class PidFile:
+    """Opened (and chowned to the -p user) before privileges are dropped.
+
+    The file is empty until write() says we are ready. At exit it is
+    unlinked; when the dropped user may not unlink in its directory, it is
+    emptied instead, so it never names a dead process.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def create(cls, path: str, uid: int | None, gid: int | None) -> PidFile:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o644)
+        if uid is not None and gid is not None:
+            os.fchown(fd, uid, gid)
+        return cls(path, fd)
+
+    def write(self) -> None:
+        data = f"{os.getpid()}\n".encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        os.utime(self.fd)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            os.ftruncate(self.fd, 0)
+        os.close(self.fd)
