@@ -69,7 +69,13 @@ fail() {
 }
 
 say "== setup =="
-venv=$("$here/scripts/setup.sh" | tail -n 1)
+work=$(mktemp -d /tmp/smcdemo.XXXXXX)
+chmod 755 "$work" # smcrouted -p nobody must still read its config here (reload)
+# setup.sh prints the venv path last; its progress and pip noise go to a log.
+if ! venv=$("$here/scripts/setup.sh" 2>"$work/setup.log" | tail -n 1); then
+    cat "$work/setup.log" >&2
+    fail "scripts/setup.sh failed"
+fi
 python=$venv/bin/python
 smcrouted=$venv/bin/smcrouted
 [ -x "$smcrouted" ] || fail "no $smcrouted after setup"
@@ -124,8 +130,6 @@ wait_link "$B" b-r
 say "sender 10.0.1.2 fd00:1::2 -- router -- receiver (r-a, an OIF), bystander (r-b, not an OIF)"
 
 say "== smcrouted =="
-work=$(mktemp -d /tmp/smcdemo.XXXXXX)
-chmod 755 "$work" # -p nobody must still read the config (reload)
 cat >"$work/smcroute.conf" <<'EOF'
 phyint r-s enable
 phyint r-a enable
@@ -152,9 +156,9 @@ for ((i = 0; i < 20; i++)); do # the privilege drop follows the PID file
     sleep 0.1
 done
 caps() { awk '/^Uid:/ {u = $2} /^CapEff:/ {c = $2} END {print "uid " u ", CapEff " c}' "/proc/$1/status"; }
-say "controller pid $daemon: $(caps "$daemon")  (no capabilities)"
+say "controller pid $daemon: $(caps "$daemon")  (want: no capability)"
 if [ -n "$helper" ]; then
-    say "helper     pid $helper: $(caps "$helper")  (CAP_NET_ADMIN only)"
+    say "helper     pid $helper: $(caps "$helper")  (want: CAP_NET_ADMIN only, 1<<12)"
 fi
 
 say "== traffic: $COUNT datagrams per flow, TTL 8 =="

@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = {"privileged": "smcroute.privileged.kernel", "unprivileged": "smcroute.unprivileged.texts",
-            "ipc": "smcroute.ipc.helper", "policy": "smcroute.policy.limits"}
+PACKAGES = {
+    "privileged": "smcroute.privileged.kernel",
+    "unprivileged": "smcroute.unprivileged.texts",
+    "ipc": "smcroute.ipc.helper",
+    "policy": "smcroute.policy.limits",
+}
 BASE_PYTHON = Path("/usr/bin/python3")
 
 

@@ -80,8 +80,8 @@ class Controller:
             await self.teardown()
         self.channel.close()
         self.reap_helper()
-        if self.pidfile:
-            self.pidfile.remove()
+        if self.pidfile and (why := self.pidfile.remove()):
+            self.log.notice(why)
         self.log.notice("Exiting.")
         return self.exit_status
 

@@ -31,11 +31,15 @@ class PidFile:
         os.pwrite(self.fd, data, 0)
         os.utime(self.fd)
 
-    def remove(self) -> None:
+    def remove(self) -> str | None:
+        """Unlink (or empty) the file; say why it could only be emptied."""
+        why = None
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        except OSError:
+        except OSError as exc:
             os.ftruncate(self.fd, 0)
+            why = f"Cannot remove PID file {self.path} ({exc.strerror}), left it empty"
         os.close(self.fd)
+        return why

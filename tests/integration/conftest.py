@@ -25,14 +25,15 @@ READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
 
+_REPORTS = pytest.StashKey[dict]()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so fixtures know of failures."""
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     return report
-
-
-_REPORTS = pytest.StashKey[dict]()
 
 
 def _failed(request) -> bool:
@@ -181,11 +182,13 @@ def smcrouted(request, topo):
     if not SMCROUTED.exists():
         pytest.skip(f"{SMCROUTED} is not installed")
     started: list[Smcrouted] = []
-    # World-readable like /run, so that a daemon running as -p nobody can
-    # still read its config (reload); the directory itself stays root's.
     workdirs: list[Path] = []
 
-    def start(config: str, args: Sequence[str] = (), ns: Netns | None = None, ready=True):
+    def start(
+        config: str, args: Sequence[str] = (), ns: Netns | None = None, ready: bool = True
+    ) -> Smcrouted:
+        # Root's but world-readable, like /run: a daemon running as -p nobody
+        # can still read its config (reload).
         workdir = Path(tempfile.mkdtemp(prefix="smcpy-"))
         workdir.chmod(0o755)
         workdirs.append(workdir)

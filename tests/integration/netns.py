@@ -246,23 +246,23 @@ def read_mfc(ns: Netns, family: int, table: int | None = None) -> set[MfcEntry]:
     """
     names = ns.ifnames()
     entries: set[MfcEntry] = set()
+    # attributes are decoded lazily: keep pyroute2 quiet over the whole loop
     with ns.iproute() as ipr, _quiet_pyroute2():
-        msgs = ipr.get_routes(family=MR_FAMILY[family])
-    for msg in msgs:
-        if table is not None and msg.get("table") != table:
-            continue
-        iif = msg.get("iif")
-        oifs = frozenset(
-            names.get(hop["oif"], f"#{hop['oif']}") for hop in (msg.get("multipath") or [])
-        )
-        entries.add(
-            MfcEntry(
-                _mr_addr(family, msg.get("src")),
-                _mr_addr(family, msg.get("dst")),
-                None if iif is None else names.get(iif, f"#{iif}"),
-                oifs,
+        for msg in ipr.get_routes(family=MR_FAMILY[family]):
+            if table is not None and msg.get("table") != table:
+                continue
+            iif = msg.get("iif")
+            oifs = frozenset(
+                names.get(hop["oif"], f"#{hop['oif']}") for hop in (msg.get("multipath") or [])
             )
-        )
+            entries.add(
+                MfcEntry(
+                    _mr_addr(family, msg.get("src")),
+                    _mr_addr(family, msg.get("dst")),
+                    None if iif is None else names.get(iif, f"#{iif}"),
+                    oifs,
+                )
+            )
     return entries
 
 
