@@ -30,6 +30,14 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"extension type {code} not allowed")
 
 
+def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    # strict_map_key still lets bytes keys through; our schemas use str only.
+    for key, _ in pairs:
+        if type(key) is not str:
+            raise DecodeError(f"map key of type {type(key).__name__}, expected str")
+    return dict(pairs)
+
+
 def encode(obj: Any, limit: int = MAX_DATAGRAM) -> bytes:
     try:
         data = msgpack.packb(obj, use_bin_type=True)
@@ -52,6 +60,7 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Any:
             use_list=True,
             strict_map_key=True,
             ext_hook=_no_ext,
+            object_pairs_hook=_str_keys,
             max_str_len=MAX_STR,
             max_bin_len=MAX_BIN,
             max_array_len=MAX_ARRAY,

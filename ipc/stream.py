@@ -8,7 +8,6 @@ limit before buffering it, so a peer cannot make us hold more than one frame.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 from smcroute.ipc.codec import DecodeError, decode, encode
@@ -23,23 +22,26 @@ def encode_frame(obj: Any, limit: int = MAX_FRAME) -> bytes:
 
 
 class FrameDecoder:
-    """Feed bytes as they arrive; iterate to get complete messages."""
+    """Feed bytes as they arrive; each feed returns the messages completed."""
 
     def __init__(self, limit: int = MAX_FRAME) -> None:
         self._limit = limit
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[Any]:
+    def feed(self, data: bytes) -> list[Any]:
+        """Buffer data; return the messages it completes (maybe none)."""
         self._buf += data
+        out = []
         while len(self._buf) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(self._buf)
             if length == 0 or length > self._limit:
                 raise DecodeError(f"frame length {length} outside 1..{self._limit}")
             if len(self._buf) < _HEADER.size + length:
-                return
+                break
             body = bytes(self._buf[_HEADER.size:_HEADER.size + length])
             del self._buf[:_HEADER.size + length]
-            yield decode(body, self._limit)
+            out.append(decode(body, self._limit))
+        return out
 
     @property
     def pending(self) -> int:

@@ -29,6 +29,8 @@ from smcroute.policy import helper as policy
 from smcroute.policy.limits import MAXVIFS
 from smcroute.privileged.kernel import Mroute, parse_upcall4, parse_upcall6
 
+# Errors with which the kernel says a VIF or MFC entry to delete does not exist.
+ABSENT = (errno.EADDRNOTAVAIL, errno.ENOENT)
 UPCALLS_PER_WAKEUP = 8192  # bounded work per wakeup; the rest waits in the kernel
 UPCALLS_PER_DATAGRAM = 1000
 
@@ -93,6 +95,10 @@ class Server:
             result = self.perform(req)
         except OSError as exc:
             err = exc.errno or errno.EIO
+            if isinstance(req, DelVif | DelMfc) and err in ABSENT:
+                # Already gone from the kernel (a VIF goes with its device): forget
+                # it too, or its slot would stay taken in our state forever.
+                self.state.apply(req)
             return error_reply(req.id, err, os.strerror(err))
         self.state.apply(req)
         return ok_reply(req.id, **result)

@@ -107,9 +107,7 @@ def _scan(line: _Line, start: int) -> dict[str, object]:
     while i < len(tokens):
         token = tokens[i]
         key = _match(token, KEYWORDS)
-        if key is None:
-            if i:  # the directive itself is scanned too, harmlessly
-                line.warn(f"ignoring unknown word {token!r}")
+        if key is None:  # SMCRoute ignores unknown words (SPEC 2.2)
             i += 1
             continue
         if key == "to":
@@ -180,6 +178,9 @@ def _mroute(line: _Line) -> Mroute | None:
             return None
         if source.address.is_unspecified:
             source = None  # source 0.0.0.0 / :: is the same as no source
+        elif source.address.is_multicast or str(source.address) == "255.255.255.255":
+            line.warn(f"mroute: Invalid source address: {source}, skipping line")
+            return None
     rule = Mroute(line.where, str(iif), source, group, oifs)
     if not rule.is_ssm:
         raise ConfigError("mroute: (*,G) and prefix-range rules are not supported yet,"

@@ -55,7 +55,7 @@ class Controller:
         self.helper = helper
         self.sock = sock
         self.pidfile = pidfile
-        self.vifs: dict[tuple[int, str], Vif] = {}
+        self.vifs: dict[tuple[int, int], Vif] = {}  # (family, slot) -> VIF we installed
         self.mfc: dict[MfcKey, Mfc] = {}
         self.pending: list[Pending] = []
         self.exit_status = 0
@@ -170,7 +170,18 @@ class Controller:
                     self.log.notice(pending_text(p))
             self.pending = target.pending
             await self.apply(engine.diff(self.vifs, self.mfc, target))
+            self.adopt_names(target)
             return True
+
+    def adopt_names(self, target: engine.Plan) -> None:
+        """Unchanged kernel objects take the target's names (interface renames)."""
+        for v in target.vifs.values():
+            old = self.vifs.get((v.family, v.vif))
+            if old is not None and old.ifindex == v.ifindex:
+                self.vifs[(v.family, v.vif)] = v
+        for key, m in target.mfc.items():
+            if self.mfc.get(key) == m:
+                self.mfc[key] = m
 
     def log_diagnostic(self, d: Diagnostic) -> None:
         if d.where is None and "does not exist" in d.message:
@@ -186,11 +197,11 @@ class Controller:
         todo: list[tuple[Request, Vif | Mfc]] = []
         for v in changes.add_vifs:
             todo.append((AddVif(ch.next_id(), v.family, v.vif, v.ifindex, v.threshold), v))
+        for m in changes.del_mfc:
+            todo.append((DelMfc(ch.next_id(), m.key.family, m.key.source, m.key.group), m))
         for m in changes.set_mfc:
             todo.append((AddMfc(ch.next_id(), m.key.family, m.key.source, m.key.group,
                                 m.iif, m.oifs), m))
-        for m in changes.del_mfc:
-            todo.append((DelMfc(ch.next_id(), m.key.family, m.key.source, m.key.group), m))
         for v in changes.del_vifs:
             todo.append((DelVif(ch.next_id(), v.family, v.vif), v))
         if not todo:
@@ -204,15 +215,17 @@ class Controller:
         error = reply.get("error", "")
         if isinstance(obj, Vif):
             kind = "VIF" if obj.family == 4 else "MIF"
+            slot = (obj.family, obj.vif)
             if isinstance(req, AddVif):
                 if ok:
-                    self.vifs[(obj.family, obj.name)] = obj
+                    self.vifs[slot] = obj
                     self.log.debug(f"Map iface {obj.name:<16} => {kind} {obj.vif:<2} ifindex"
                                    f" {obj.ifindex:2} TTL threshold {obj.threshold}")
                 else:
                     self.log.warning(f"Failed creating {kind} {obj.vif} for {obj.name}: {error}")
             else:
-                self.vifs.pop((obj.family, obj.name), None)  # gone either way
+                if self.vifs.get(slot) == obj:
+                    del self.vifs[slot]  # gone either way: the helper forgets it too
                 if ok:
                     self.log.debug(f"Removed {kind} {obj.vif} of {obj.name}")
             return

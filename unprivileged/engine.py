@@ -8,7 +8,7 @@ take the installed state there, touching nothing that stays the same.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from smcroute.policy.limits import MAXVIFS
 from smcroute.unprivileged.model import (
@@ -24,7 +24,7 @@ from smcroute.unprivileged.model import (
 )
 
 FAMILIES = (4, 6)
-VifTable = Mapping[tuple[int, str], Vif]  # (family, interface name) -> slot
+VifTable = Mapping[object, Vif]  # installed VIFs; only the values matter
 
 
 def match(pattern: str, interfaces: Mapping[str, Interface]) -> list[str]:
@@ -53,18 +53,23 @@ class _Route:
 
 def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTable,
          default_enable: bool = True) -> Plan:
-    """Decide the kernel state for config, keeping installed VIF slots stable."""
+    """Decide the kernel state for config, keeping installed VIF slots stable.
+
+    Directives are processed in order, as SMCRoute does: a VIF/MIF pair is
+    allocated when an interface is first used, and "phyint X disable" frees
+    it and drops what earlier lines routed through X.
+    """
     out = Plan()
     note = out.diagnostics.append
     thresholds: dict[str, int] = {}
-    used: dict[str, None] = {}  # interfaces that get a VIF/MIF pair, in first-use order
+    slots = _Slots(out, interfaces, installed.values())
     routes: list[_Route] = []
 
     def usable(name: str, role: str, rule: Mroute | Phyint) -> bool:
-        if interfaces[name].multicast:
-            return True
-        note(Diagnostic(f"{role} {name} is not multicast capable", rule.where, error=False))
-        return False
+        if not interfaces[name].multicast:
+            note(Diagnostic(f"{role} {name} is not multicast capable", rule.where, error=False))
+            return False
+        return slots.ensure(name, thresholds.get(name, 1), rule)
 
     for d in config.directives:
         if isinstance(d, Phyint):
@@ -76,18 +81,17 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
             for name in names:
                 if d.threshold is not None:
                     thresholds[name] = d.threshold
-                if not enable:
-                    used.pop(name, None)
+                if enable:
+                    usable(name, "phyint", d)
+                else:
+                    slots.release(name)
                     routes = _prune(routes, name)
-                elif usable(name, "phyint", d):
-                    used.setdefault(name)
             continue
         iifs = match(d.iif, interfaces)
         if not iifs:
             out.pending.append(Pending(d, (d.iif,)))
             continue
         iifs = [name for name in iifs if usable(name, "mroute: inbound", d)]
-        used.update(dict.fromkeys(iifs))
         oifs: list[str] = []
         missing: list[str] = []
         for pattern in d.oifs:
@@ -95,17 +99,15 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
             if not names:
                 missing.append(pattern)
             oifs += [n for n in names if n not in oifs and usable(n, "mroute: outbound", d)]
-        used.update(dict.fromkeys(oifs))
         for iif in iifs:
             if iif in oifs and not (d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)):
                 note(Diagnostic(f"mroute: outbound {iif} is also the inbound interface: not"
                                 " forwarded back where it came from", d.where, error=False))
-            routes.append(_Route(d, iif, {o: thresholds.get(o, 1) for o in oifs if o != iif}))
+            if d.is_ssm:
+                routes.append(_Route(d, iif, {o: thresholds.get(o, 1) for o in oifs if o != iif}))
         if missing:
             out.pending.append(Pending(d, tuple(missing)))
 
-    for name in _allocate(out, used, interfaces, installed, thresholds):
-        routes = _prune(routes, name)
     for route in routes:
         _add_route(out, route)
     return out
@@ -119,43 +121,60 @@ def _prune(routes: list[_Route], name: str) -> list[_Route]:
     return kept
 
 
-def _allocate(out: Plan, used: Iterable[str], interfaces: Mapping[str, Interface],
-              installed: VifTable, thresholds: Mapping[str, int]) -> list[str]:
-    """Give every used interface a VIF and a MIF; return those that got none.
+class _Slots:
+    """VIF and MIF slots, allocated in first-use order (SPEC 5.2, 14.2).
 
-    Interfaces that keep their ifindex keep their slots. New ones take the
-    lowest slot that no installed VIF holds: a slot being freed by this same
-    change is not reused until the next one, so adds never wait for deletes.
+    An interface that keeps its ifindex keeps its installed slots, also when
+    renamed. A new one takes the lowest slot that no installed VIF holds: a
+    slot being freed by this same change is not reused until the next one,
+    so adds never wait for deletes.
     """
-    failed: list[str] = []
-    for family in FAMILIES:
-        held = {v.vif for v in installed.values() if v.family == family}
-        taken: set[int] = set()
-        new: list[str] = []
-        for name in used:
-            old = installed.get((family, name))
-            if old is not None and old.ifindex == interfaces[name].index:
-                out.vifs[(family, name)] = old
-                taken.add(old.vif)
-            else:
-                new.append(name)
-        for name in new:
-            free = [s for s in range(MAXVIFS) if s not in taken and s not in held]
-            if not free:
-                if name not in failed:
-                    failed.append(name)
-                kind = "VIFs" if family == 4 else "MIFs"
-                out.diagnostics.append(
-                    Diagnostic(f"Not enough available {kind} to create {name}", error=False))
-                continue
-            slot = free[0]
-            taken.add(slot)
-            out.vifs[(family, name)] = Vif(family, slot, name, interfaces[name].index,
-                                           thresholds.get(name, 1))
-    for name in failed:  # a VIF without its MIF twin (or vice versa) is of no use
+
+    def __init__(self, out: Plan, interfaces: Mapping[str, Interface],
+                 installed: Iterable[Vif]) -> None:
+        self.out = out
+        self.interfaces = interfaces
+        installed = list(installed)
+        self.by_name = {(v.family, v.name): v for v in installed}
+        self.by_index = {(v.family, v.ifindex): v for v in installed}
+        self.held = {(v.family, v.vif) for v in installed}
+        self.taken: set[tuple[int, int]] = set()
+
+    def ensure(self, name: str, threshold: int, rule: Mroute | Phyint) -> bool:
+        """Give name a VIF and a MIF (both or neither); False if the table is full."""
+        if (4, name) in self.out.vifs:
+            return True
+        index = self.interfaces[name].index
+        pair: list[Vif] = []
+        full = False
         for family in FAMILIES:
-            out.vifs.pop((family, name), None)
-    return failed
+            old = self.by_name.get((family, name))
+            if old is None or old.ifindex != index:
+                old = self.by_index.get((family, index))
+            if old is not None and (family, old.vif) not in self.taken:
+                pair.append(replace(old, name=name))
+                continue
+            free = [s for s in range(MAXVIFS)
+                    if (family, s) not in self.taken and (family, s) not in self.held]
+            if not free:
+                kind = "VIFs" if family == 4 else "MIFs"
+                self.out.diagnostics.append(Diagnostic(
+                    f"Not enough available {kind} to create {name}", rule.where, error=False))
+                full = True
+                continue
+            pair.append(Vif(family, free[0], name, index, threshold))
+        if full:
+            return False
+        for vif in pair:
+            self.out.vifs[(vif.family, name)] = vif
+            self.taken.add((vif.family, vif.vif))
+        return True
+
+    def release(self, name: str) -> None:
+        for family in FAMILIES:
+            vif = self.out.vifs.pop((family, name), None)
+            if vif is not None:
+                self.taken.discard((family, vif.vif))
 
 
 def _add_route(out: Plan, route: _Route) -> None:
@@ -182,23 +201,33 @@ def _add_route(out: Plan, route: _Route) -> None:
 
 @dataclass(frozen=True)
 class Changes:
-    """Helper operations, in the order they must run."""
+    """Helper operations, in the order they must run.
+
+    MFC deletes come before adds so a reload near the MFC cap does not
+    overshoot it; VIFs are added first and deleted last.
+    """
 
     add_vifs: tuple[Vif, ...] = ()
-    set_mfc: tuple[Mfc, ...] = ()
     del_mfc: tuple[Mfc, ...] = ()
+    set_mfc: tuple[Mfc, ...] = ()
     del_vifs: tuple[Vif, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.add_vifs or self.set_mfc or self.del_mfc or self.del_vifs)
 
 
+def _identity(v: Vif) -> tuple[int, int, int]:
+    """What the kernel knows of a VIF; the name is ours."""
+    return v.family, v.vif, v.ifindex
+
+
 def diff(installed_vifs: VifTable, installed_mfc: Mapping[MfcKey, Mfc], target: Plan) -> Changes:
     """What to do so the kernel holds exactly target, and nothing else changes."""
-    gone_vifs = [v for k, v in installed_vifs.items() if target.vifs.get(k) != v]
-    new_vifs = [v for k, v in target.vifs.items() if installed_vifs.get(k) != v]
+    have = {_identity(v): v for v in installed_vifs.values()}
+    want = {_identity(v): v for v in target.vifs.values()}
     set_mfc = [m for k, m in target.mfc.items()
                if k not in installed_mfc or installed_mfc[k].kernel != m.kernel]
     del_mfc = [m for k, m in installed_mfc.items() if k not in target.mfc]
-    return Changes(tuple(new_vifs), tuple(set_mfc), tuple(del_mfc), tuple(gone_vifs))
-
+    return Changes(add_vifs=tuple(v for k, v in want.items() if k not in have),
+                   del_mfc=tuple(del_mfc), set_mfc=tuple(set_mfc),
+                   del_vifs=tuple(v for k, v in have.items() if k not in want))

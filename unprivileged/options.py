@@ -7,7 +7,6 @@ earlier ones) and its error texts, which argparse does not reproduce.
 
 from __future__ import annotations
 
-import getopt
 import grp
 import os
 import pwd
@@ -15,6 +14,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from smcroute.unprivileged import texts
+from smcroute.unprivileged.cmdline import OptError, getopt
 from smcroute.unprivileged.log import atoi
 
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
@@ -45,7 +45,7 @@ class Options:
     no_vifs: bool = False
     user: User | None = None
     pidfile: str | None = None
-    syslog_votes: int = 0  # -n decrements, -s increments (order-independent)
+    syslog_votes: int = 1  # -n decrements, -s increments (order-independent)
     table: int = 0
     sock: str | None = None
     extra: tuple[str, ...] = field(default=())
@@ -109,62 +109,66 @@ def resolve_user(spec: str) -> User:
 def parse(argv: list[str]) -> Options:
     """Parse argv (without the program name); raises Exit for -h, -v, errors."""
     opts = Options()
+    extra: list[str] = []
     try:
-        pairs, extra = getopt.gnu_getopt(argv, OPTSTRING)
-    except getopt.GetoptError as exc:
-        if "requires argument" in exc.msg:
-            raise _fail_usage(f"option requires an argument -- '{exc.opt}'", opts) from None
-        raise _fail_usage(f"invalid option -- '{exc.opt}'", opts) from None
-    for flag, value in pairs:
-        match flag:
-            case "-c":
-                opts = replace(opts, cache_timeout=atoi(value))
-            case "-d":
-                opts = replace(opts, startup_delay=max(0, atoi(value)))
-            case "-D":
-                opts = replace(opts, exit_delay=max(0, atoi(value)))
-            case "-e":
-                opts = replace(opts, script=value)
-            case "-f":
-                opts = replace(opts, conf=value)
-            case "-F":
-                opts = replace(opts, conf=value, verify=True)
-            case "-h":
-                sys.stdout.write(usage(opts))
-                raise Exit(0)
-            case "-i" | "-I":
-                opts = replace(opts, ident=value)
-            case "-l":
-                opts = replace(opts, log_level=value)
-            case "-m":
-                interval = atoi(value)
-                if not 4 <= interval <= 180:
-                    print(f"{PROG}: Invalid mrdisc announcement interval, 4-180.",
-                          file=sys.stderr)
-                    raise Exit(1)
-                opts = replace(opts, mrdisc_interval=interval)
-            case "-n":
-                opts = replace(opts, foreground=True, syslog_votes=opts.syslog_votes - 1)
-            case "-N":
-                opts = replace(opts, no_vifs=True)
-            case "-p":
-                try:
-                    opts = replace(opts, user=resolve_user(value))
-                except ValueError as exc:
-                    print(f"{PROG}: Invalid user:group argument: {exc}", file=sys.stderr)
-                    raise Exit(1) from None
-            case "-P":
-                opts = replace(opts, pidfile=value)
-            case "-s":
-                opts = replace(opts, syslog_votes=opts.syslog_votes + 1)
-            case "-t":
-                table = atoi(value)
-                if table < 0:
-                    raise _fail_usage(f"invalid table id -- '{value}'", opts)
-                opts = replace(opts, table=table)
-            case "-u":
-                opts = replace(opts, sock=value)
-            case "-v":
-                sys.stdout.write(texts.version_text())
-                raise Exit(0)
+        for flag, value in getopt(argv, OPTSTRING, extra):
+            opts = _apply(opts, flag, value)
+    except OptError as exc:
+        raise _fail_usage(exc.message(), opts) from None
     return replace(opts, extra=tuple(extra))
+
+
+def _apply(opts: Options, flag: str, value: str) -> Options:
+    """One option, in command-line order; raises Exit for -h, -v and bad values."""
+    match flag:
+        case "-c":
+            opts = replace(opts, cache_timeout=atoi(value))
+        case "-d":
+            opts = replace(opts, startup_delay=max(0, atoi(value)))
+        case "-D":
+            opts = replace(opts, exit_delay=max(0, atoi(value)))
+        case "-e":
+            opts = replace(opts, script=value)
+        case "-f":
+            opts = replace(opts, conf=value)
+        case "-F":
+            opts = replace(opts, conf=value, verify=True)
+        case "-h":
+            sys.stdout.write(usage(opts))
+            raise Exit(0)
+        case "-i" | "-I":
+            opts = replace(opts, ident=value)
+        case "-l":
+            opts = replace(opts, log_level=value)
+        case "-m":
+            interval = atoi(value)
+            if not 4 <= interval <= 180:
+                print(f"{PROG}: Invalid mrdisc announcement interval, 4-180.",
+                      file=sys.stderr)
+                raise Exit(1)
+            opts = replace(opts, mrdisc_interval=interval)
+        case "-n":
+            opts = replace(opts, foreground=True, syslog_votes=opts.syslog_votes - 1)
+        case "-N":
+            opts = replace(opts, no_vifs=True)
+        case "-p":
+            try:
+                opts = replace(opts, user=resolve_user(value))
+            except ValueError as exc:
+                print(f"{PROG}: Invalid user:group argument: {exc}", file=sys.stderr)
+                raise Exit(1) from None
+        case "-P":
+            opts = replace(opts, pidfile=value)
+        case "-s":
+            opts = replace(opts, syslog_votes=opts.syslog_votes + 1)
+        case "-t":
+            table = atoi(value)
+            if table < 0:
+                raise _fail_usage(f"invalid table id -- '{value}'", opts)
+            opts = replace(opts, table=table)
+        case "-u":
+            opts = replace(opts, sock=value)
+        case "-v":
+            sys.stdout.write(texts.version_text())
+            raise Exit(0)
+    return opts

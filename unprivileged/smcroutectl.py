@@ -7,10 +7,10 @@ and every daemon command says so (exit 1) instead of pretending.
 
 from __future__ import annotations
 
-import getopt
 import sys
 
 from smcroute.unprivileged import texts
+from smcroute.unprivileged.cmdline import OptError, getopt
 
 OPTSTRING = "bdhI:i:jptu:v"
 COMMANDS = ("help", "version", "flush", "kill", "reload", "restart", "show", "add", "remove",
@@ -28,13 +28,13 @@ def command_word(word: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    words: list[str] = []
     try:
-        pairs, words = getopt.gnu_getopt(args, OPTSTRING)
-    except getopt.GetoptError as exc:
-        print(f"smcroutectl: invalid option -- '{exc.opt}'", file=sys.stderr)
+        flags = {flag for flag, _ in getopt(args, OPTSTRING, words)}
+    except OptError as exc:
+        print(f"smcroutectl: {exc.message()}", file=sys.stderr)
         sys.stdout.write(texts.SMCROUTECTL_USAGE)
         return 1
-    flags = {flag for flag, _ in pairs}
     if "-v" in flags:
         sys.stdout.write(texts.version_text())
         return 0

@@ -1,0 +1,1 @@
+"""Unit tests: pure functions only, no root, no sockets to the kernel."""

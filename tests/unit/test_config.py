@@ -1,0 +1,562 @@
+"""smcroute.unprivileged.config: the smcroute.conf parser (SPEC section 2)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from smcroute.unprivileged.config import parse_text, read_config, tokenize
+from smcroute.unprivileged.model import Config, Diagnostic, Mroute, Phyint, Prefix, Where
+
+FILE = "/etc/test.conf"
+
+
+def parse(text: str) -> Config:
+    config = parse_text(text, FILE)
+    assert isinstance(config, Config)
+    for d in config.diagnostics:
+        assert isinstance(d, Diagnostic)
+        assert d.where is not None and d.where.file == FILE
+    return config
+
+
+def only(text: str) -> Phyint | Mroute:
+    """The one directive of a clean one-line config."""
+    config = parse(text)
+    assert config.diagnostics == (), [str(d) for d in config.diagnostics]
+    assert len(config.directives) == 1
+    return config.directives[0]
+
+
+def one_diag(text: str, *, error: bool, line: int = 1) -> Diagnostic:
+    config = parse(text)
+    assert len(config.diagnostics) == 1, [str(d) for d in config.diagnostics]
+    d = config.diagnostics[0]
+    assert d.error is error, str(d)
+    assert d.where == Where(FILE, line)
+    return d
+
+
+def v4(text: str) -> Prefix:
+    return Prefix(ipaddress.IPv4Address(text), 32)
+
+
+def v6(text: str) -> Prefix:
+    return Prefix(ipaddress.IPv6Address(text), 128)
+
+
+ROUTE = "mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2 a3"
+EXPECTED_ROUTE = Mroute(Where(FILE, 1), "a1", v4("10.0.0.1"), v4("225.1.2.3"), ("a2", "a3"))
+
+
+# -- lexing -------------------------------------------------------------------------------
+
+
+def test_tokenize() -> None:
+    assert tokenize("") == []
+    assert tokenize("  a\tb\rc\vd\fe  ") == ["a", "b", "c", "d", "e"]
+    assert tokenize("a #b c") == ["a"]
+    assert tokenize("# a") == []
+    assert tokenize("a#b c") == ["a#b", "c"]
+    assert tokenize("a\u00a0b") == ["a\u00a0b"]  # only C isspace separates
+
+
+def test_empty_and_blank() -> None:
+    for text in ("", "\n", "\n\n\n", "   \t \n\r\n", "\r", "\f\v"):
+        config = parse(text)
+        assert config.directives == ()
+        assert config.diagnostics == ()
+
+
+def test_plain_route() -> None:
+    assert only(ROUTE) == EXPECTED_ROUTE
+
+
+def test_whitespace_variants() -> None:
+    text = "\t mroute\tfrom  a1\vsource\f10.0.0.1 group 225.1.2.3 \t to a2\ta3 \t"
+    assert only(text) == EXPECTED_ROUTE
+
+
+def test_crlf_file() -> None:
+    text = "phyint a1 enable\r\n" + ROUTE + "\r\n"
+    config = parse(text)
+    assert config.diagnostics == ()
+    assert config.directives == (
+        Phyint(Where(FILE, 1), "a1", True),
+        Mroute(Where(FILE, 2), "a1", v4("10.0.0.1"), v4("225.1.2.3"), ("a2", "a3")),
+    )
+
+
+def test_last_line_without_newline() -> None:
+    config = parse("phyint a1\nphyint a2")
+    assert [d.pattern for d in config.directives] == ["a1", "a2"]  # type: ignore[union-attr]
+    assert config.directives[1].where == Where(FILE, 2)
+
+
+@pytest.mark.parametrize("text", [
+    "# comment",
+    "#",
+    "   # indented comment",
+    "#phyint a1",
+    "\t#mroute from a1 source 10.0.0.1 group 225.1.2.3",
+])
+def test_comment_lines(text: str) -> None:
+    config = parse(text)
+    assert config.directives == () and config.diagnostics == ()
+
+
+def test_comment_ends_the_line() -> None:
+    assert only("phyint a1 # disable") == Phyint(Where(FILE, 1), "a1", None)
+    assert only("phyint a1 #disable") == Phyint(Where(FILE, 1), "a1", None)
+
+
+def test_comment_after_oif_list_is_a_comment() -> None:
+    # SMCRoute takes "#" and "x" as interface names here; we deliberately do not.
+    assert only(ROUTE + " # x y") == EXPECTED_ROUTE
+    assert only(ROUTE + " #x") == EXPECTED_ROUTE
+    assert only("mroute from a1 source 10.0.0.1 group 225.1.2.3 to # a2").oifs == ()
+
+
+def test_hash_inside_a_token_is_literal() -> None:
+    assert only("phyint a1#x") == Phyint(Where(FILE, 1), "a1#x", None)
+
+
+# -- directives and keyword prefix matching --------------------------------------------------
+
+
+def test_keyword_prefix_matching() -> None:
+    text = "mroutefoo fromage a1 sourcex 10.0.0.1 groups 225.1.2.3 tofu a2 a3"
+    route = parse(text).directives
+    assert route == (EXPECTED_ROUTE,)
+    assert only("phyintX a1 enabled").enable is True  # type: ignore[union-attr]
+    assert only("phyint a1 disabled").enable is False  # type: ignore[union-attr]
+    assert only("phyint a1 mrdiscovery").mrdisc is True  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text", [
+    "mroute group 225.1.2.3 from a1 source 10.0.0.1 to a2 a3",
+    "mroute source 10.0.0.1 group 225.1.2.3 from a1 to a2 a3",
+    "mroute group 225.1.2.3 source 10.0.0.1 from a1 to a2 a3",
+])
+def test_free_keyword_order(text: str) -> None:
+    assert only(text) == EXPECTED_ROUTE
+
+
+def test_to_swallows_the_rest() -> None:
+    route = only("mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2 group a3 from b1")
+    assert route == Mroute(Where(FILE, 1), "a1", v4("10.0.0.1"), v4("225.1.2.3"),
+                           ("a2", "group", "a3", "from", "b1"))
+
+
+def test_to_first_leaves_nothing_for_from() -> None:
+    d = one_diag("mroute to a2 from a1 source 10.0.0.1 group 225.1.2.3", error=True)
+    assert "from" in d.message or "inbound" in d.message
+
+
+def test_route_without_oifs() -> None:
+    assert only("mroute from a1 source 10.0.0.1 group 225.1.2.3").oifs == ()  # type: ignore
+    assert only("mroute from a1 source 10.0.0.1 group 225.1.2.3 to").oifs == ()  # type: ignore
+
+
+def test_later_value_overrides() -> None:
+    route = only("mroute from a9 from a1 source 10.0.0.9 source 10.0.0.1 group 225.1.2.3"
+                 " to a2 a3")
+    assert route == EXPECTED_ROUTE
+
+
+def test_unknown_words_are_ignored() -> None:
+    # SPEC 2.2: unknown tokens are silently ignored; "-F" counts every
+    # warning as an error, so they must not produce a diagnostic either.
+    config = parse("mroute from a1 junk source 10.0.0.1 group 225.1.2.3 extra to a2 a3")
+    assert config.directives == (EXPECTED_ROUTE,)
+    assert config.errors == ()
+    assert config.diagnostics == ()
+
+
+@pytest.mark.parametrize("word", ["bogus", "route", "mrout", "phy", "from", "#", "ENABLE",
+                                  "Mroute", "PHYINT"])
+def test_unknown_directive_is_a_warning(word: str) -> None:
+    text = f"{word} a1 enable" if word != "#" else "x# a1"
+    d = one_diag(text, error=False)
+    assert "Unknown command" in d.message
+    assert parse(text).directives == ()
+
+
+@pytest.mark.parametrize("text", [
+    "mgroup from a1 group 225.1.2.3",
+    "mgroup from a1 source 10.0.0.1 group 225.1.2.3",
+    "ssmgroup from a1 source 10.0.0.1 group 225.1.2.3",
+    "mgroupx from a1 group 225.1.2.3",
+    "include /etc/smcroute.d/*.conf",
+    "include",
+])
+def test_not_supported_yet_directives(text: str) -> None:
+    d = one_diag(text, error=True)
+    assert "not supported yet" in d.message
+    assert parse(text).directives == ()
+
+
+# -- phyint ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("phyint a1", Phyint(Where(FILE, 1), "a1", None, False, None)),
+    ("phyint a1 enable", Phyint(Where(FILE, 1), "a1", True, False, None)),
+    ("phyint a1 disable", Phyint(Where(FILE, 1), "a1", False, False, None)),
+    ("phyint a1 mrdisc", Phyint(Where(FILE, 1), "a1", None, True, None)),
+    ("phyint a1 enable mrdisc", Phyint(Where(FILE, 1), "a1", True, True, None)),
+    ("phyint a1 mrdisc enable", Phyint(Where(FILE, 1), "a1", True, True, None)),
+    ("phyint a1 ttl-threshold 1", Phyint(Where(FILE, 1), "a1", None, False, 1)),
+    ("phyint a1 ttl-threshold 255", Phyint(Where(FILE, 1), "a1", None, False, 255)),
+    ("phyint a1 enable ttl-threshold 64 mrdisc",
+     Phyint(Where(FILE, 1), "a1", True, True, 64)),
+    ("phyint a1 ttl-threshold 7 disable", Phyint(Where(FILE, 1), "a1", False, False, 7)),
+    ("phyint eth+ enable", Phyint(Where(FILE, 1), "eth+", True, False, None)),
+    ("phyint eth0:1", Phyint(Where(FILE, 1), "eth0:1", None, False, None)),
+    ("phyint abcdefghijklmno", Phyint(Where(FILE, 1), "abcdefghijklmno", None, False, None)),
+])
+def test_phyint(text: str, expected: Phyint) -> None:
+    assert only(text) == expected
+
+
+def test_phyint_last_of_enable_disable_wins() -> None:
+    assert only("phyint a1 enable disable").enable is False  # type: ignore[union-attr]
+    assert only("phyint a1 disable enable").enable is True  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text", ["phyint", "phyint   ", "phyint # a1", "phyint\t#"])
+def test_phyint_missing_name(text: str) -> None:
+    d = one_diag(text, error=False)
+    assert "phyint missing interface pattern" in d.message
+    assert parse(text).directives == ()
+
+
+@pytest.mark.parametrize("value", ["0", "256", "-1", "1000", "abc", "0x10", "٣", "²", "1.5",
+                                   "99999999999999999999"])
+def test_phyint_ttl_threshold_out_of_range(value: str) -> None:
+    text = f"phyint a1 enable ttl-threshold {value}"
+    d = one_diag(text, error=False)
+    assert "out of range (1-255)" in d.message
+    assert f"phyint a1 ttl {value}" in d.message
+    assert parse(text).directives == (Phyint(Where(FILE, 1), "a1", True, False, 1),)
+
+
+@pytest.mark.parametrize("name", ["a" * 16, "a" * 15 + "+", "b" * 40])
+def test_phyint_name_too_long(name: str) -> None:
+    d = one_diag(f"phyint {name}", error=True)
+    assert "too long" in d.message
+    assert parse(f"phyint {name}").directives == ()
+
+
+# -- mroute ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "source", "group"), [
+    ("source 10.0.0.1 group 225.1.2.3", v4("10.0.0.1"), v4("225.1.2.3")),
+    ("source 10.0.0.1/32 group 225.1.2.3/32", v4("10.0.0.1"), v4("225.1.2.3")),
+    ("source 10.0.0.1/0 group 225.1.2.3/0", v4("10.0.0.1"), v4("225.1.2.3")),
+    ("source 10.0.0.1/00 group 225.1.2.3", v4("10.0.0.1"), v4("225.1.2.3")),
+    ("source 192.168.1.1 group 224.0.0.0", v4("192.168.1.1"), v4("224.0.0.0")),
+    ("source 192.168.1.1 group 239.255.255.255", v4("192.168.1.1"), v4("239.255.255.255")),
+    ("source 2001:db8::1 group ff2e::42", v6("2001:db8::1"), v6("ff2e::42")),
+    ("source fe80::1 group ff02::1/128", v6("fe80::1"), v6("ff02::1")),
+    ("source 2001:db8::1/0 group ff05::1/0", v6("2001:db8::1"), v6("ff05::1")),
+    ("source ::ffff:10.0.0.1 group ff05::1", v6("::ffff:10.0.0.1"), v6("ff05::1")),
+])
+def test_source_specific_routes(text: str, source: Prefix, group: Prefix) -> None:
+    route = only(f"mroute from a1 {text} to a2")
+    assert isinstance(route, Mroute)
+    assert route == Mroute(Where(FILE, 1), "a1", source, group, ("a2",))
+    assert route.is_ssm
+    assert route.family == group.family
+
+
+@pytest.mark.parametrize("text", [
+    "source 10.0.0.1/33 group 225.1.2.3",
+    "source 10.0.0.1 group 225.1.2.3/33",
+    "source 2001:db8::1/129 group ff05::1",
+    "source 2001:db8::1 group ff05::1/129",
+    "source 10.0.0.1/ group 225.1.2.3",
+    "source 10.0.0.1/x group 225.1.2.3",
+    "source 10.0.0.1/-1 group 225.1.2.3",
+    "source 10.0.0.1/+8 group 225.1.2.3",
+    "source 10.0.0.1 group 225.1.2.3/3x",
+    "source 10.0.0.1/٣٢ group 225.1.2.3",
+    "source 10.0.0.1/32/32 group 225.1.2.3",
+])
+def test_invalid_prefix_length_is_warned_and_skipped(text: str) -> None:
+    line = f"mroute from a1 {text} to a2"
+    one_diag(line, error=False)
+    assert parse(line).directives == ()
+
+
+@pytest.mark.parametrize("text", [
+    "source 10.0.0.256 group 225.1.2.3",
+    "source 10.0.0 group 225.1.2.3",
+    "source foo group 225.1.2.3",
+    "source 010.0.0.1 group 225.1.2.3",
+    "source 10.0.0.1 group 225.1.2",
+    "source 10.0.0.1 group foo",
+    "source 10.0.0.1 group 225.1.2.3.4",
+    "source fe80::1%eth0 group ff02::1",
+    "source 2001:db8::1 group ff02::1%1",
+    "source 2001:db8:::1 group ff02::1",
+])
+def test_invalid_address_is_warned_and_skipped(text: str) -> None:
+    line = f"mroute from a1 {text} to a2"
+    d = one_diag(line, error=False)
+    assert "nvalid" in d.message
+    assert parse(line).directives == ()
+
+
+@pytest.mark.parametrize("group", ["10.1.2.3", "223.255.255.255", "240.0.0.1",
+                                   "255.255.255.255", "0.0.0.0", "::ffff:225.1.2.3"])
+def test_non_multicast_group_is_warned_and_skipped(group: str) -> None:
+    source = "2001:db8::1" if ":" in group else "10.0.0.1"
+    line = f"mroute from a1 source {source} group {group} to a2"
+    d = one_diag(line, error=False)
+    assert "Invalid multicast group" in d.message
+    assert parse(line).directives == ()
+
+
+@pytest.mark.parametrize(("source", "group"), [
+    ("10.0.0.1", "ff05::1"),
+    ("2001:db8::1", "225.1.2.3"),
+    ("::ffff:10.0.0.1", "225.1.2.3"),
+    ("::", "225.1.2.3"),
+    ("0.0.0.0", "ff05::1"),
+])
+def test_mixed_families_are_warned_and_skipped(source: str, group: str) -> None:
+    line = f"mroute from a1 source {source} group {group} to a2"
+    d = one_diag(line, error=False)
+    assert "famil" in d.message
+    assert parse(line).directives == ()
+
+
+@pytest.mark.parametrize("text", [
+    "mroute",
+    "mroute source 10.0.0.1 group 225.1.2.3 to a2",  # no from
+    "mroute from a1 source 10.0.0.1 to a2",  # no group
+    "mroute from a1 source 10.0.0.1 to a2 group 225.1.2.3",  # group swallowed by to
+    "mroute from a1 source 10.0.0.1 group",  # keyword without value
+    "mroute source 10.0.0.1 group 225.1.2.3 from",
+])
+def test_missing_from_or_group_is_an_error(text: str) -> None:
+    one_diag(text, error=True)
+    assert parse(text).directives == ()
+
+
+@pytest.mark.parametrize("text", [
+    "group 225.1.2.3",  # (*,G)
+    "source 0.0.0.0 group 225.1.2.3",  # any source is (*,G)
+    "source 0.0.0.0/32 group 225.1.2.3",
+    "source :: group ff05::1",
+    "group ff05::1",
+    "source 10.0.0.1 group 225.1.2.0/24",  # (S,G/LEN)
+    "source 10.0.0.0/8 group 225.1.2.3",  # (S/LEN,G)
+    "group 225.1.2.0/24",
+    "source 2001:db8::/32 group ff05::1",
+    "source 2001:db8::1 group ff05::/16",
+])
+def test_star_g_and_ranges_are_not_supported_yet(text: str) -> None:
+    line = f"mroute from a1 {text} to a2"
+    d = one_diag(line, error=True)
+    assert "not supported yet" in d.message
+    assert parse(line).directives == ()
+
+
+@pytest.mark.parametrize("text", [
+    "mroute from abcdefghijklmnop source 10.0.0.1 group 225.1.2.3 to a2",
+    "mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2 abcdefghijklmnop",
+    "mroute from a1 source 10.0.0.1 group 225.1.2.3 to abcdefghijklmno+",
+])
+def test_mroute_interface_name_too_long(text: str) -> None:
+    d = one_diag(text, error=True)
+    assert "too long" in d.message
+    assert parse(text).directives == ()
+
+
+def test_interface_names_at_the_limit_and_wildcards() -> None:
+    route = only("mroute from abcdefghijklmno source 10.0.0.1 group 225.1.2.3"
+                 " to abcdefghijklmn+ eth0:1 +")
+    assert route.iif == "abcdefghijklmno"  # type: ignore[union-attr]
+    assert route.oifs == ("abcdefghijklmn+", "eth0:1", "+")  # type: ignore[union-attr]
+
+
+# -- whole-line problems and line numbers -----------------------------------------------------
+
+
+def test_long_lines() -> None:
+    ok = "phyint a1" + " " * (511 - len("phyint a1"))
+    assert len(ok) == 511
+    assert only(ok) == Phyint(Where(FILE, 1), "a1", None)
+    assert only(ok + "\r") == Phyint(Where(FILE, 1), "a1", None)
+    too_long = ok + " "
+    d = one_diag(too_long, error=True)
+    assert "too long" in d.message
+    config = parse("phyint a0\n" + "#" + "x" * 600 + "\nphyint a2\n")
+    assert [(d.where.line, d.error) for d in config.diagnostics] == [(2, True)]  # type: ignore
+    assert [d.where.line for d in config.directives] == [1, 3]
+
+
+def test_nul_byte() -> None:
+    d = one_diag("phyint a1\0", error=True)
+    assert "NUL" in d.message
+    config = parse("phyint a1\n# \0 even in a comment\nphyint a\0b\nphyint a3")
+    assert [(x.where.line, x.error) for x in config.diagnostics] == [(2, True), (3, True)]  # type: ignore
+    assert [x.where.line for x in config.directives] == [1, 4]
+
+
+def test_line_numbers_of_every_diagnostic() -> None:
+    text = "\n".join([
+        "# comment",  # 1
+        "phyint a1 enable",  # 2
+        "bogus",  # 3
+        "",  # 4
+        "phyint",  # 5
+        "mroute from a1 group 225.1.2.3",  # 6: (*,G)
+        "mroute from a1 source 10.0.0.1 group 10.0.0.2",  # 7: unicast group
+        "  mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2  ",  # 8: fine
+        "mgroup from a1 group 225.1.2.3",  # 9
+        "phyint a1 ttl-threshold 0",  # 10
+        "\t",  # 11
+        "mroute from a1",  # 12
+    ]) + "\n"
+    config = parse(text)
+    assert [(d.where.line, d.error) for d in config.diagnostics] == [  # type: ignore[union-attr]
+        (3, False), (5, False), (6, True), (7, False), (9, True), (10, False), (12, True)]
+    assert [d.where.line for d in config.directives] == [2, 8, 10]
+    assert [d for d in config.errors] == [d for d in config.diagnostics if d.error]
+
+
+def test_diagnostic_text() -> None:
+    d = one_diag("bogus", error=False)
+    assert str(d) == f"{FILE} line 1: {d.message}"
+    assert d.message == "Unknown command bogus, skipping."
+
+
+# -- read_config ---------------------------------------------------------------------------------
+
+
+def test_read_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "smcroute.conf"
+    path.write_bytes(b"phyint a1\r\n" + ROUTE.encode() + b"\n")
+    config = read_config(str(path))
+    assert config.diagnostics == ()
+    assert config.directives[0] == Phyint(Where(str(path), 1), "a1", None)
+    assert config.directives[1].where == Where(str(path), 2)
+
+
+def test_read_config_missing(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.conf")
+    config = read_config(path)
+    assert config.directives == ()
+    assert len(config.diagnostics) == 1
+    assert config.diagnostics[0].error
+    assert config.diagnostics[0].message == f"Configuration file {path} does not exist"
+
+
+def test_read_config_directory(tmp_path: Path) -> None:
+    config = read_config(str(tmp_path))
+    assert config.directives == ()
+    assert len(config.diagnostics) == 1
+    d = config.diagnostics[0]
+    assert d.error
+    assert d.message.startswith(f"Failed opening {tmp_path}")
+
+
+def test_read_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.conf"
+    path.write_bytes(b"phyint a1\n# caf\xe9\nphyint a2\n")
+    config = read_config(str(path))
+    assert config.directives == ()
+    assert len(config.diagnostics) == 1
+    d = config.diagnostics[0]
+    assert d.error
+    assert d.where == Where(str(path), 2)
+
+
+# -- properties --------------------------------------------------------------------------------
+
+TOKENS = ["mroute", "phyint", "mgroup", "include", "from", "source", "group", "to", "enable",
+          "disable", "mrdisc", "ttl-threshold", "#", "#x", "a1", "a2", "eth+", "+", "eth0:1",
+          "10.0.0.1", "0.0.0.0", "225.1.2.3", "225.1.2.3/24", "1.2.3.4/", "::", "ff05::1",
+          "2001:db8::1/129", "fe80::1%lo", "::ffff:1.2.3.4", "0", "1", "255", "256", "-1", "/",
+          "\r", "\t", "\v", "\f", "\0", "é", "\u2028", "\x85", "a" * 16, "x" * 300]
+
+line_strategy = st.lists(st.sampled_from(TOKENS), max_size=12).map(" ".join)
+text_strategy = (st.lists(line_strategy, max_size=6).map("\n".join)
+                 | st.text(max_size=300)
+                 | st.lists(st.text(alphabet=" \t\r\n#/:.+0123456789abcdefgmoprstu", max_size=40),
+                            max_size=8).map("\n".join))
+
+
+def check_config(text: str) -> None:
+    config = parse_text(text, FILE)
+    assert isinstance(config, Config)
+    nlines = text.count("\n") + 1
+    for d in config.diagnostics:
+        assert isinstance(d, Diagnostic)
+        assert isinstance(d.message, str) and d.message
+        assert d.where is not None and d.where.file == FILE
+        assert 1 <= d.where.line <= nlines
+    for directive in config.directives:
+        assert directive.where.file == FILE
+        assert 1 <= directive.where.line <= nlines
+        if isinstance(directive, Mroute):
+            assert directive.is_ssm
+            assert directive.group.address.is_multicast
+            assert directive.source is not None
+            assert directive.source.family == directive.group.family
+            assert not directive.source.address.is_unspecified
+            for name in (directive.iif, *directive.oifs):
+                assert 0 < len(name) < 16
+                assert not name.startswith("#")
+        else:
+            assert isinstance(directive, Phyint)
+            assert 0 < len(directive.pattern) < 16
+            assert directive.threshold is None or 1 <= directive.threshold <= 255
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text_strategy)
+def test_property_never_raises(text: str) -> None:
+    check_config(text)
+
+
+VALID_CONFIG = [
+    "phyint a1 enable ttl-threshold 3",
+    "phyint a2 disable",
+    "mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2 a3",
+    "mroute from a2 source 2001:db8::1 group ff05::1 to a1",
+    "# comment",
+]
+
+
+@st.composite
+def mutated_config(draw: st.DrawFn) -> str:
+    lines = list(draw(st.permutations(VALID_CONFIG)))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(lines) - 1))
+        chars = list(lines[i])
+        pos = draw(st.integers(0, len(chars)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "token"]))
+        if kind == "insert":
+            chars.insert(pos, draw(st.characters()))
+        elif kind == "delete" and pos < len(chars):
+            del chars[pos]
+        elif kind == "replace" and pos < len(chars):
+            chars[pos] = draw(st.sampled_from(list(" \t\r\n#/:.+0\0é")))
+        else:
+            chars[pos:pos] = list(" " + draw(st.sampled_from(TOKENS)) + " ")
+        lines[i] = "".join(chars)
+    return draw(st.sampled_from(["\n", "\r\n"])).join(lines)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_config())
+def test_property_mutated_valid_config(text: str) -> None:
+    check_config(text)

@@ -1,0 +1,695 @@
+"""smcroute.unprivileged.engine: interface matching, plan() and diff()."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, to_wire
+from smcroute.policy.helper import HelperState, Refusal, check, parse_request
+from smcroute.unprivileged.config import parse_text
+from smcroute.unprivileged.engine import Changes, Plan, diff, match, plan
+from smcroute.unprivileged.model import Config, Interface, Mfc, MfcKey, Mroute, Pending, Vif
+
+FILE = "/etc/smcroute.conf"
+
+
+def interfaces(*names: str, start: int = 1) -> dict[str, Interface]:
+    """Interfaces in ifindex order; a name ending in "!" lacks IFF_MULTICAST."""
+    out = {}
+    for i, spec in enumerate(names):
+        name = spec.rstrip("!")
+        out[name] = Interface(name, start + i, not spec.endswith("!"))
+    return out
+
+
+IFS = interfaces("lo!", "a1", "a2", "a3", "b1", "b2", "eth0", "eth1")
+
+
+def config(text: str) -> Config:
+    cfg = parse_text(text, FILE)
+    assert cfg.errors == (), [str(d) for d in cfg.errors]
+    return cfg
+
+
+def make_plan(text: str, ifs: dict[str, Interface] | None = None,
+              installed: dict[tuple[int, str], Vif] | None = None,
+              default_enable: bool = True) -> Plan:
+    return plan(config(text), IFS if ifs is None else ifs, installed or {}, default_enable)
+
+
+def slots(p: Plan, family: int = 4) -> dict[str, int]:
+    return {name: v.vif for (fam, name), v in p.vifs.items() if fam == family}
+
+
+def key(source: str, group: str) -> MfcKey:
+    s, g = ipaddress.ip_address(source), ipaddress.ip_address(group)
+    return MfcKey(s.version, s.packed, g.packed)
+
+
+def route(p: Plan, source: str, group: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """(iif name, ((oif name, ttl), ...)) of one planned entry, by names."""
+    m = p.mfc[key(source, group)]
+    family = m.key.family
+    by_slot = {v.vif: name for (fam, name), v in p.vifs.items() if fam == family}
+    assert by_slot[m.iif] == m.iif_name
+    return m.iif_name, tuple((by_slot[vif], ttl) for vif, ttl in m.oifs)
+
+
+def messages(p: Plan) -> list[str]:
+    return [d.message for d in p.diagnostics]
+
+
+S, G = "10.0.0.1", "225.1.2.3"
+S6, G6 = "2001:db8::1", "ff05::42"
+
+
+def mroute(iif: str, oifs: str = "", source: str = S, group: str = G) -> str:
+    return f"mroute from {iif} source {source} group {group}" + (f" to {oifs}" if oifs else "")
+
+
+# -- match ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    ("a1", ["a1"]),
+    ("a9", []),
+    ("a", []),
+    ("a+", ["a1", "a2", "a3"]),
+    ("eth+", ["eth0", "eth1"]),
+    ("eth0+", ["eth0"]),
+    ("+", ["lo", "a1", "a2", "a3", "b1", "b2", "eth0", "eth1"]),
+    ("x+", []),
+    ("eth0:1", ["eth0"]),  # an alias is its parent
+    ("eth0:", ["eth0"]),
+    ("eth9:1", []),
+    ("lo", ["lo"]),  # matching ignores IFF_MULTICAST
+])
+def test_match(pattern: str, expected: list[str]) -> None:
+    assert match(pattern, IFS) == expected
+
+
+def test_match_wildcard_includes_the_bare_prefix() -> None:
+    ifs = interfaces("eth", "eth0", "ethernet", "et")
+    assert match("eth+", ifs) == ["eth", "eth0", "ethernet"]
+    assert match("eth", ifs) == ["eth"]
+
+
+# -- VIF allocation -------------------------------------------------------------------------------
+
+
+def test_no_vifs_without_config() -> None:
+    p = make_plan("")
+    assert p.vifs == {} and p.mfc == {} and p.pending == [] and p.diagnostics == []
+
+
+def test_slots_in_first_use_order_both_families() -> None:
+    p = make_plan("phyint b1 enable\nphyint a3\n" + mroute("a2", "a1 b1 eth0"))
+    expected = {"b1": 0, "a3": 1, "a2": 2, "a1": 3, "eth0": 4}
+    assert slots(p, 4) == expected
+    assert slots(p, 6) == expected
+    for (family, name), v in p.vifs.items():
+        assert v == Vif(family, expected[name], name, IFS[name].index, 1)
+
+
+def test_iif_before_oifs_and_rule_order() -> None:
+    p = make_plan(mroute("b2", "a3 a1") + "\n" + mroute("a2", "eth1", source="10.0.0.2"))
+    assert slots(p) == {"b2": 0, "a3": 1, "a1": 2, "a2": 3, "eth1": 4}
+
+
+def test_wildcard_phyint_allocates_every_match() -> None:
+    p = make_plan("phyint eth+\nphyint a+")
+    assert slots(p) == {"eth0": 0, "eth1": 1, "a1": 2, "a2": 3, "a3": 4}
+
+
+def test_phyint_of_unknown_interface_warns() -> None:
+    p = make_plan("phyint zz0\nphyint zz+")
+    assert p.vifs == {}
+    assert p.pending == []
+    assert len(p.diagnostics) == 2
+    assert all(not d.error for d in p.diagnostics)
+    assert "phyint zz0 does not exist" in p.diagnostics[0].message
+    assert [d.where.line for d in p.diagnostics] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_non_multicast_interface_gets_no_vif() -> None:
+    p = make_plan("phyint lo enable")
+    assert p.vifs == {}
+    assert len(p.diagnostics) == 1
+    d = p.diagnostics[0]
+    assert not d.error and "lo" in d.message and "multicast" in d.message
+    assert d.where is not None and d.where.line == 1
+
+
+def test_non_multicast_inbound() -> None:
+    p = make_plan(mroute("lo", "a1"))
+    assert p.mfc == {}
+    assert ("4", "lo") not in p.vifs and (4, "lo") not in p.vifs
+    assert any("lo" in m and "multicast" in m for m in messages(p))
+    assert p.pending == []
+
+
+def test_non_multicast_outbound() -> None:
+    p = make_plan(mroute("a1", "lo a2"))
+    assert route(p, S, G) == ("a1", (("a2", 1),))
+    assert (4, "lo") not in p.vifs
+    assert any("lo" in m and "multicast" in m for m in messages(p))
+
+
+def test_phyint_disable_removes_vif_and_prunes_earlier_routes() -> None:
+    p = make_plan("\n".join([
+        "phyint a1 enable",
+        mroute("a1", "a2 a3"),
+        mroute("a2", "a1 a3", source="10.0.0.2"),
+        "phyint a2 disable",
+    ]))
+    assert (4, "a2") not in p.vifs and (6, "a2") not in p.vifs
+    assert route(p, S, G) == ("a1", (("a3", 1),))
+    assert key("10.0.0.2", G) not in p.mfc
+    # a2 never reaches the kernel; a1 and a3 keep their first-use order
+    assert set(slots(p)) == {"a1", "a3"}
+    assert slots(p)["a1"] < slots(p)["a3"]
+
+
+def test_disabled_interface_is_used_again_by_a_later_route() -> None:
+    p = make_plan("phyint a1 disable\n" + mroute("a2", "a1"))
+    assert slots(p) == {"a2": 0, "a1": 1}
+    assert route(p, S, G) == ("a2", (("a1", 1),))
+
+
+def test_disable_of_an_unused_interface_is_harmless() -> None:
+    p = make_plan("phyint a1 disable")
+    assert p.vifs == {} and p.diagnostics == []
+
+
+def test_default_enable_false_makes_bare_phyint_disable() -> None:
+    p = make_plan("phyint a1\nphyint a2 enable\nphyint a3 disable", default_enable=False)
+    assert slots(p) == {"a2": 0}
+    p = make_plan("phyint a1\nphyint a2 enable", default_enable=True)
+    assert slots(p) == {"a1": 0, "a2": 1}
+    # with -N a bare phyint after a route takes the interface away again
+    p = make_plan(mroute("a1", "a2") + "\nphyint a2", default_enable=False)
+    assert route(p, S, G) == ("a1", ())
+    # but routes still create their VIFs lazily
+    p = make_plan(mroute("a1", "a2"), default_enable=False)
+    assert slots(p) == {"a1": 0, "a2": 1}
+
+
+def test_ttl_threshold_is_the_ttl_of_later_routes() -> None:
+    p = make_plan("\n".join([
+        mroute("a1", "a2 a3", source="10.0.0.1"),
+        "phyint a2 ttl-threshold 5",
+        mroute("a1", "a2 a3", source="10.0.0.2"),
+        "phyint a2 ttl-threshold 7",
+        "phyint a3 enable ttl-threshold 9",
+        mroute("a1", "a2 a3", source="10.0.0.3"),
+    ]))
+    assert route(p, "10.0.0.1", G) == ("a1", (("a2", 1), ("a3", 1)))
+    assert route(p, "10.0.0.2", G) == ("a1", (("a2", 5), ("a3", 1)))
+    assert route(p, "10.0.0.3", G) == ("a1", (("a2", 7), ("a3", 9)))
+    # SPEC 2.4: a VIF keeps the threshold it was created with (a2 and a3
+    # were first used by the first route); only route TTLs follow phyint.
+    assert p.vifs[(4, "a2")].threshold == 1
+    assert p.vifs[(6, "a3")].threshold == 1
+    assert p.vifs[(4, "a1")].threshold == 1
+    p = make_plan("phyint a2 ttl-threshold 7\n" + mroute("a1", "a2"))
+    assert p.vifs[(4, "a2")].threshold == 7 and p.vifs[(6, "a2")].threshold == 7
+
+
+def test_ttl_threshold_on_disable_still_counts_for_later_routes() -> None:
+    p = make_plan("phyint a2 disable ttl-threshold 4\n" + mroute("a1", "a2"))
+    assert route(p, S, G) == ("a1", (("a2", 4),))
+
+
+def test_ipv6_routes_use_mif_numbers() -> None:
+    p = make_plan("phyint b1\n" + mroute("a1", "a2", S6, G6) + "\n" + mroute("a2", "a1"))
+    m6 = p.mfc[key(S6, G6)]
+    assert m6.key.family == 6
+    assert (m6.iif, m6.oifs) == (p.vifs[(6, "a1")].vif, ((p.vifs[(6, "a2")].vif, 1),))
+    assert route(p, S6, G6) == ("a1", (("a2", 1),))
+    assert route(p, S, G) == ("a2", (("a1", 1),))
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+def test_simple_route() -> None:
+    p = make_plan(mroute("a1", "a2 a3"))
+    m = p.mfc[key(S, G)]
+    assert m.key == key(S, G)
+    assert m.iif == 0
+    assert m.oifs == ((1, 1), (2, 1))
+    assert m.iif_name == "a1"
+    assert m.oif_names == ("a2", "a3")
+    assert m.where is not None and (m.where.file, m.where.line) == (FILE, 1)
+    assert m.kernel == (0, ((1, 1), (2, 1)))
+    assert p.pending == [] and p.diagnostics == []
+
+
+def test_oifs_are_sorted_by_vif() -> None:
+    p = make_plan("phyint a3\nphyint a2\nphyint a1\n" + mroute("b1", "a1 a3 a2"))
+    assert p.mfc[key(S, G)].oifs == ((0, 1), (1, 1), (2, 1))
+
+
+def test_wildcard_oifs_and_duplicates() -> None:
+    p = make_plan(mroute("b1", "a+ a2 a+ eth0:1"))
+    assert route(p, S, G) == ("b1", (("a1", 1), ("a2", 1), ("a3", 1), ("eth0", 1)))
+
+
+def test_missing_iif_goes_pending() -> None:
+    text = mroute("zz0", "a1")
+    p = make_plan(text)
+    assert p.mfc == {}
+    assert len(p.pending) == 1
+    assert p.pending[0].missing == ("zz0",)
+    assert p.pending[0].rule == config(text).directives[0]
+    assert p.vifs == {}  # nothing allocated for a pending route
+
+
+def test_missing_wildcard_iif_goes_pending() -> None:
+    p = make_plan(mroute("zz+", "a1"))
+    assert [x.missing for x in p.pending] == [("zz+",)]
+    assert p.mfc == {}
+
+
+def test_missing_oif_installs_without_it_and_goes_pending() -> None:
+    text = mroute("a1", "zz0 a2 zz+")
+    p = make_plan(text)
+    assert route(p, S, G) == ("a1", (("a2", 1),))
+    assert p.pending == [Pending(config(text).directives[0], ("zz0", "zz+"))]  # type: ignore
+
+
+def test_oif_equal_to_iif_is_dropped_with_a_warning() -> None:
+    p = make_plan(mroute("a1", "a1 a2"))
+    assert route(p, S, G) == ("a1", (("a2", 1),))
+    assert len(p.diagnostics) == 1
+    d = p.diagnostics[0]
+    assert not d.error and "a1" in d.message
+    assert d.where is not None and d.where.line == 1
+
+
+def test_oif_equal_to_iif_only() -> None:
+    p = make_plan(mroute("a1", "a1"))
+    assert route(p, S, G) == ("a1", ())
+    assert len(p.diagnostics) == 1
+
+
+def test_wildcard_oif_never_includes_the_iif_and_does_not_warn() -> None:
+    p = make_plan(mroute("a1", "a+"))
+    assert route(p, S, G) == ("a1", (("a2", 1), ("a3", 1)))
+    assert p.diagnostics == []
+
+
+def test_same_sg_from_two_inbound_interfaces_keeps_the_first() -> None:
+    p = make_plan(mroute("a1", "b1") + "\n" + mroute("a2", "b2"))
+    assert route(p, S, G) == ("a1", (("b1", 1),))
+    assert p.mfc[key(S, G)].where.line == 1  # type: ignore[union-attr]
+    assert len(p.diagnostics) == 1
+    d = p.diagnostics[0]
+    assert not d.error
+    assert d.where is not None and d.where.line == 2
+    assert "a2" in d.message and "a1" in d.message
+    # both lines still allocated their interfaces
+    assert set(slots(p)) == {"a1", "b1", "a2", "b2"}
+
+
+def test_same_sg_and_iif_twice_merges_oifs() -> None:
+    p = make_plan(mroute("a1", "b1 a2") + "\n" + mroute("a1", "a3 b1"))
+    assert route(p, S, G) == ("a1", (("b1", 1), ("a2", 1), ("a3", 1)))
+    m = p.mfc[key(S, G)]
+    assert set(m.oif_names) == {"b1", "a2", "a3"}
+    assert m.where is not None and m.where.line == 1
+    assert p.diagnostics == []
+
+
+def test_different_sources_and_groups_are_separate_entries() -> None:
+    p = make_plan("\n".join([mroute("a1", "a2"), mroute("a1", "a3", source="10.0.0.2"),
+                             mroute("a1", "b1", group="225.1.2.4"), mroute("a1", "b2", S6, G6)]))
+    assert set(p.mfc) == {key(S, G), key("10.0.0.2", G), key(S, "225.1.2.4"), key(S6, G6)}
+
+
+def test_route_without_oifs() -> None:
+    p = make_plan(mroute("a1"))
+    assert route(p, S, G) == ("a1", ())
+
+
+# -- VIF table exhaustion -------------------------------------------------------------------------
+
+MANY = interfaces(*[f"i{n}" for n in range(40)])
+
+
+def test_33rd_interface_gets_no_vif_and_its_routes_are_pruned() -> None:
+    text = "\n".join([*(f"phyint i{n}" for n in range(32)),
+                      mroute("i32", "i0", source="10.0.0.32"),
+                      mroute("i0", "i32 i1", source="10.0.0.1")])
+    p = make_plan(text, MANY)
+    assert set(slots(p, 4)) == {f"i{n}" for n in range(32)}
+    assert set(slots(p, 6)) == {f"i{n}" for n in range(32)}
+    assert sorted(slots(p, 4).values()) == list(range(32))
+    assert (4, "i32") not in p.vifs and (6, "i32") not in p.vifs
+    assert key("10.0.0.32", G) not in p.mfc
+    assert route(p, "10.0.0.1", G) == ("i0", (("i1", 1),))
+    assert any("Not enough available VIFs" in m and "i32" in m for m in messages(p))
+    assert any("Not enough available MIFs" in m and "i32" in m for m in messages(p))
+
+
+def test_exactly_32_interfaces_fit() -> None:
+    p = make_plan("phyint i+", interfaces(*[f"i{n}" for n in range(32)]))
+    assert len(slots(p, 4)) == 32 and len(slots(p, 6)) == 32
+    assert p.diagnostics == []
+
+
+def test_all_interfaces_beyond_32_fail() -> None:
+    p = make_plan("phyint i+", MANY)
+    assert len(slots(p, 4)) == 32
+    assert sum("Not enough available VIFs" in m for m in messages(p)) == 8
+
+
+def test_vif_without_its_mif_twin_is_dropped() -> None:
+    # every IPv4 slot is still held by installed VIFs of vanished interfaces,
+    # the MIF table is empty: a1 gets neither a VIF nor a lone MIF
+    installed = {(4, f"x{n}"): Vif(4, n, f"x{n}", 100 + n, 1) for n in range(32)}
+    p = make_plan("phyint a1\n" + mroute("a1", "a2"), installed=installed)
+    assert p.vifs == {}
+    assert p.mfc == {}
+    assert any("Not enough available VIFs" in m and "a1" in m for m in messages(p))
+    assert not any("MIFs" in m for m in messages(p))
+
+
+# -- stable numbering across plans ----------------------------------------------------------------
+
+
+def test_installed_slots_are_kept() -> None:
+    first = make_plan("phyint a1\nphyint a2\nphyint a3")
+    assert slots(first) == {"a1": 0, "a2": 1, "a3": 2}
+    # a reload naming them in another order keeps the numbers
+    second = make_plan("phyint a3\nphyint a1\n" + mroute("a2", "a1 a3"), installed=first.vifs)
+    assert slots(second) == {"a1": 0, "a2": 1, "a3": 2}
+    assert slots(second, 6) == {"a1": 0, "a2": 1, "a3": 2}
+    assert route(second, S, G) == ("a2", (("a1", 1), ("a3", 1)))
+
+
+def test_kept_vif_keeps_its_threshold() -> None:
+    first = make_plan("phyint a1 ttl-threshold 3")
+    second = make_plan("phyint a1 ttl-threshold 9\n" + mroute("a2", "a1"),
+                       installed=first.vifs)
+    assert second.vifs[(4, "a1")] == first.vifs[(4, "a1")]
+    assert route(second, S, G) == ("a2", (("a1", 9),))
+
+
+def test_new_interfaces_avoid_slots_being_freed() -> None:
+    first = make_plan("phyint a1\nphyint a2")
+    second = make_plan("phyint a2\nphyint a3\nphyint b1", installed=first.vifs)
+    assert slots(second) == {"a2": 1, "a3": 2, "b1": 3}
+    # one change later the freed slot is free again
+    third = make_plan("phyint a2\nphyint a3\nphyint b1\nphyint b2", installed=second.vifs)
+    assert slots(third) == {"a2": 1, "a3": 2, "b1": 3, "b2": 0}
+
+
+def test_lowest_free_slot_fills_holes() -> None:
+    first = make_plan("phyint a1\nphyint a2\nphyint a3")
+    installed = {k: v for k, v in first.vifs.items() if k[1] != "a2"}
+    second = make_plan("phyint a1\nphyint a3\nphyint b1\nphyint b2", installed=installed)
+    assert slots(second) == {"a1": 0, "a3": 2, "b1": 1, "b2": 3}
+
+
+def test_recreated_interface_gets_a_new_slot() -> None:
+    first = make_plan(mroute("a1", "a2"))
+    ifs = dict(IFS)
+    ifs["a1"] = Interface("a1", 99, True)
+    second = make_plan(mroute("a1", "a2"), ifs, installed=first.vifs)
+    assert slots(second) == {"a1": 2, "a2": 1}
+    assert second.vifs[(4, "a1")].ifindex == 99
+    changes = diff(first.vifs, first.mfc, second)
+    assert set(changes.add_vifs) == {second.vifs[(4, "a1")], second.vifs[(6, "a1")]}
+    assert set(changes.del_vifs) == {first.vifs[(4, "a1")], first.vifs[(6, "a1")]}
+    assert [m.kernel for m in changes.set_mfc] == [(2, ((1, 1),))]
+    assert changes.del_mfc == ()
+
+
+def test_installed_vif_of_a_vanished_interface_is_not_reused() -> None:
+    first = make_plan("phyint a1\nphyint a2")
+    ifs = {k: v for k, v in IFS.items() if k != "a1"}
+    second = make_plan("phyint a2\nphyint a3", ifs, installed=first.vifs)
+    assert slots(second) == {"a2": 1, "a3": 2}
+    changes = diff(first.vifs, first.mfc, second)
+    assert {(v.family, v.name) for v in changes.del_vifs} == {(4, "a1"), (6, "a1")}
+
+
+def test_interface_that_lost_multicast_loses_its_vif() -> None:
+    first = make_plan("phyint a1\nphyint a2")
+    ifs = dict(IFS)
+    ifs["a1"] = Interface("a1", IFS["a1"].index, False)
+    second = make_plan("phyint a1\nphyint a2", ifs, installed=first.vifs)
+    assert slots(second) == {"a2": 1}
+    assert {v.name for v in diff(first.vifs, first.mfc, second).del_vifs} == {"a1"}
+
+
+# -- diff -----------------------------------------------------------------------------------------
+
+
+def test_changes_truthiness() -> None:
+    v = Vif(4, 0, "a1", 2, 1)
+    m = Mfc(key(S, G), 0, (), "a1", ())
+    assert not Changes()
+    assert Changes(add_vifs=(v,))
+    assert Changes(set_mfc=(m,))
+    assert Changes(del_mfc=(m,))
+    assert Changes(del_vifs=(v,))
+
+
+def test_diff_from_nothing() -> None:
+    p = make_plan("phyint b1\n" + mroute("a1", "a2") + "\n" + mroute("a2", "a1", S6, G6))
+    changes = diff({}, {}, p)
+    assert set(changes.add_vifs) == set(p.vifs.values())
+    assert set(changes.set_mfc) == set(p.mfc.values())
+    assert changes.del_mfc == () and changes.del_vifs == ()
+
+
+def test_diff_of_the_same_plan_is_empty() -> None:
+    text = "phyint b1\n" + mroute("a1", "a2 a3") + "\n" + mroute("a2", "a1", S6, G6)
+    p = make_plan(text)
+    assert not diff(p.vifs, p.mfc, p)
+    again = make_plan(text, installed=p.vifs)
+    changes = diff(p.vifs, p.mfc, again)
+    assert changes == Changes()
+    assert not changes
+
+
+def test_diff_ignores_names_and_line_numbers() -> None:
+    first = make_plan(mroute("a1", "a2"))
+    second = make_plan("# moved down a line\n" + mroute("a1", "a2"), installed=first.vifs)
+    assert not diff(first.vifs, first.mfc, second)
+
+
+def test_diff_changed_oifs() -> None:
+    first = make_plan(mroute("a1", "a2 a3") + "\n" + mroute("a1", "a2", source="10.0.0.2"))
+    second = make_plan(mroute("a1", "a2") + "\n" + mroute("a1", "a2", source="10.0.0.2"),
+                       installed=first.vifs)
+    changes = diff(first.vifs, first.mfc, second)
+    assert [m.key for m in changes.set_mfc] == [key(S, G)]
+    assert changes.set_mfc[0].kernel == (0, ((1, 1),))
+    assert changes.add_vifs == ()
+    assert changes.del_mfc == ()
+    assert {(v.family, v.name) for v in changes.del_vifs} == {(4, "a3"), (6, "a3")}
+
+
+def test_diff_changed_ttl_is_a_change() -> None:
+    first = make_plan(mroute("a1", "a2"))
+    second = make_plan("phyint a2 ttl-threshold 3\n" + mroute("a1", "a2"), installed=first.vifs)
+    changes = diff(first.vifs, first.mfc, second)
+    assert [m.kernel for m in changes.set_mfc] == [(0, ((1, 3),))]
+    assert changes.add_vifs == () and changes.del_vifs == ()
+
+
+def test_diff_changed_iif() -> None:
+    first = make_plan(mroute("a1", "a2"))
+    second = make_plan(mroute("a2", "a1"), installed=first.vifs)
+    changes = diff(first.vifs, first.mfc, second)
+    assert [m.kernel for m in changes.set_mfc] == [(1, ((0, 1),))]
+    assert changes.del_mfc == ()
+
+
+def test_diff_removed_route_and_unused_interfaces() -> None:
+    first = make_plan(mroute("a1", "a2") + "\n" + mroute("b1", "b2", S6, G6))
+    second = make_plan(mroute("a1", "a2"), installed=first.vifs)
+    changes = diff(first.vifs, first.mfc, second)
+    assert changes.add_vifs == () and changes.set_mfc == ()
+    assert [m.key for m in changes.del_mfc] == [key(S6, G6)]
+    assert {(v.family, v.name) for v in changes.del_vifs} == {
+        (4, "b1"), (6, "b1"), (4, "b2"), (6, "b2")}
+
+
+def test_diff_everything_removed() -> None:
+    first = make_plan(mroute("a1", "a2"))
+    changes = diff(first.vifs, first.mfc, Plan())
+    assert set(changes.del_vifs) == set(first.vifs.values())
+    assert set(changes.del_mfc) == set(first.mfc.values())
+    assert changes.add_vifs == () and changes.set_mfc == ()
+
+
+# -- diff applied through the helper's policy -----------------------------------------------------
+
+
+def apply_changes(state: HelperState, changes: Changes) -> list[tuple[Any, int]]:
+    """Run the operations in Changes order through check()/apply(); return refusals."""
+    refused = []
+    reqs: list[Any] = [
+        *(AddVif(1, v.family, v.vif, v.ifindex, v.threshold) for v in changes.add_vifs),
+        *(AddMfc(1, m.key.family, m.key.source, m.key.group, m.iif, m.oifs)
+          for m in changes.set_mfc),
+        *(DelMfc(1, m.key.family, m.key.source, m.key.group) for m in changes.del_mfc),
+        *(DelVif(1, v.family, v.vif) for v in changes.del_vifs),
+    ]
+    for req in reqs:
+        assert parse_request(to_wire(req)) == req  # never a protocol violation
+        try:
+            check(req, state)
+        except Refusal as exc:
+            refused.append((req, exc.errno))
+            continue
+        state.apply(req)
+    return refused
+
+
+def installed_state(p: Plan) -> HelperState:
+    state = HelperState()
+    assert apply_changes(state, diff({}, {}, p)) == []
+    return state
+
+
+def test_recreated_interface_changes_are_accepted_by_the_helper() -> None:
+    first = make_plan(mroute("a1", "a2"))
+    state = installed_state(first)
+    ifs = dict(IFS)
+    ifs["a1"] = Interface("a1", 99, True)
+    second = make_plan(mroute("a1", "a2"), ifs, installed=first.vifs)
+    assert apply_changes(state, diff(first.vifs, first.mfc, second)) == []
+    assert state.vifs == {4: {1: IFS["a2"].index, 2: 99}, 6: {1: IFS["a2"].index, 2: 99}}
+
+
+def test_renamed_interface_changes_are_accepted_by_the_helper() -> None:
+    # "ip link set a1 name b9": same ifindex, new name. The reload must not
+    # ask the helper for a second VIF on an ifindex that still has one.
+    first = make_plan(mroute("a1", "a2"))
+    state = installed_state(first)
+    ifs = {("b9" if k == "a1" else k): Interface("b9" if k == "a1" else k, v.index, v.multicast)
+           for k, v in IFS.items()}
+    second = make_plan(mroute("b9", "a2"), ifs, installed=first.vifs)
+    assert apply_changes(state, diff(first.vifs, first.mfc, second)) == []
+    assert state.mfc == {(4, key(S, G).source, key(S, G).group)}
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+POOL = ["a1", "a2", "a3", "b1", "b2", "lo"]
+PATTERNS = [*POOL, "a+", "b+", "zz", "a1:1"]
+SOURCES4 = ["10.0.0.1", "10.0.0.2"]
+GROUPS4 = ["225.1.2.3", "225.1.2.4"]
+SOURCES6 = ["2001:db8::1"]
+GROUPS6 = ["ff05::1", "ff2e::42"]
+
+
+@st.composite
+def config_lines(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        words = ["phyint", draw(st.sampled_from(PATTERNS))]
+        words += draw(st.sampled_from([[], ["enable"], ["disable"]]))
+        if draw(st.booleans()):
+            words += ["ttl-threshold", str(draw(st.integers(1, 255)))]
+        return " ".join(words)
+    if draw(st.booleans()):
+        source, group = draw(st.sampled_from(SOURCES4)), draw(st.sampled_from(GROUPS4))
+    else:
+        source, group = draw(st.sampled_from(SOURCES6)), draw(st.sampled_from(GROUPS6))
+    oifs = draw(st.lists(st.sampled_from(PATTERNS), max_size=4))
+    return mroute(draw(st.sampled_from(PATTERNS)), " ".join(oifs), source, group)
+
+
+configs = st.lists(config_lines(), max_size=8).map("\n".join)
+
+
+@st.composite
+def interface_tables(draw: st.DrawFn, epoch: int) -> dict[str, Interface]:
+    """A subset of POOL; a name keeps its ifindex unless re-created (new, unused ifindex)."""
+    names = draw(st.lists(st.sampled_from(POOL), unique=True, max_size=len(POOL)))
+    out = {}
+    for name in sorted(names, key=POOL.index):
+        index = POOL.index(name) + 1
+        if draw(st.booleans()) and epoch:
+            index += 100 * epoch  # re-created
+        out[name] = Interface(name, index, name != "lo")
+    return out
+
+
+def plan_invariants(p: Plan, ifs: dict[str, Interface]) -> None:
+    for family in (4, 6):
+        vifs = {name: v for (fam, name), v in p.vifs.items() if fam == family}
+        numbers = [v.vif for v in vifs.values()]
+        assert len(set(numbers)) == len(numbers)
+        assert all(0 <= n < 32 for n in numbers)
+        for name, v in vifs.items():
+            assert v.family == family and v.name == name
+            assert ifs[name].multicast
+            assert 1 <= v.threshold <= 255
+    assert {name for (_, name) in p.vifs} == {name for (fam, name) in p.vifs if fam == 4}
+    assert {name for (fam, name) in p.vifs if fam == 4} == {n for (f, n) in p.vifs if f == 6}
+    for k, m in p.mfc.items():
+        assert m.key == k
+        slots_of = {v.vif for (fam, _), v in p.vifs.items() if fam == k.family}
+        assert m.iif in slots_of
+        oif_vifs = [vif for vif, _ in m.oifs]
+        assert oif_vifs == sorted(set(oif_vifs))
+        assert m.iif not in oif_vifs
+        assert set(oif_vifs) <= slots_of
+        assert all(1 <= ttl <= 255 for _, ttl in m.oifs)
+        assert len(m.oifs) <= 32
+        # what the engine plans is what the helper's policy accepts
+        parse_request(to_wire(AddMfc(1, k.family, k.source, k.group, m.iif, m.oifs)))
+    for d in p.diagnostics:
+        assert d.where is None or d.where.file == FILE
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs, interface_tables(0), st.booleans())
+def test_property_plan(text: str, ifs: dict[str, Interface], default_enable: bool) -> None:
+    p = make_plan(text, ifs, default_enable=default_enable)
+    plan_invariants(p, ifs)
+    # idempotent: planning again over what was installed changes nothing
+    again = make_plan(text, ifs, installed=p.vifs, default_enable=default_enable)
+    assert again.vifs == p.vifs
+    assert {k: m.kernel for k, m in again.mfc.items()} == {k: m.kernel for k, m in p.mfc.items()}
+    assert not diff(p.vifs, p.mfc, again)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs, configs, interface_tables(0), interface_tables(1))
+def test_property_reload(text1: str, text2: str, ifs1: dict[str, Interface],
+                         ifs2: dict[str, Interface]) -> None:
+    first = make_plan(text1, ifs1)
+    state = installed_state(first)
+    second = make_plan(text2, ifs2, installed=first.vifs)
+    plan_invariants(second, ifs2)
+    # kept interfaces keep their numbers
+    for k, v in second.vifs.items():
+        old = first.vifs.get(k)
+        if old is not None and old.ifindex == v.ifindex:
+            assert old == v
+    changes = diff(first.vifs, first.mfc, second)
+    assert apply_changes(state, changes) == []
+    # the helper ends up holding exactly the target
+    for family in (4, 6):
+        assert state.vifs[family] == {v.vif: v.ifindex for (fam, _), v in second.vifs.items()
+                                      if fam == family}
+    assert state.mfc == {(k.family, k.source, k.group) for k in second.mfc}
+    # and a third plan from there changes nothing
+    third = make_plan(text2, ifs2, installed=second.vifs)
+    assert not diff(second.vifs, second.mfc, third)
+
+
+def test_mroute_rules_in_plan_are_source_specific() -> None:
+    cfg = config(mroute("a1", "a2"))
+    assert all(isinstance(d, Mroute) and d.is_ssm for d in cfg.directives)
