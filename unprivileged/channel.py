@@ -1,136 +1,109 @@
-"""The controller's end of the helper channel (asyncio).
+"""The controller's end of the helper channel.
 
 Requests go out in batches (one datagram each); the helper answers every
 datagram with one reply datagram, in order, so replies are matched FIFO.
-Upcall datagrams may arrive in between and are handed to a callback.
+Upcall datagrams may arrive in between. BlockingChannel serves start-up,
+before the event loop exists (it keeps early upcalls as a backlog);
+channel_async.HelperChannel takes over inside the loop. No asyncio here:
+importing it is not free, and start-up does not need it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import itertools
 import socket
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from smcroute.ipc import codec
-from smcroute.ipc.helper import Request, Upcall, error_reply, to_wire
+from smcroute.ipc.helper import Request, error_reply, to_wire
 from smcroute.policy import helper as policy
-from smcroute.policy.limits import MAX_BATCH
-
-READS_PER_WAKEUP = 256
 
 
 class HelperLost(Exception):
     """The helper is gone; the reason says why."""
 
 
-class HelperChannel:
-    def __init__(self, sock: socket.socket, on_upcalls: Callable[[list[Upcall]], None],
-                 on_lost: Callable[[str], None]) -> None:
-        sock.setblocking(False)
+def screen(reqs: Sequence[Request]) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]]]:
+    """Check requests with the helper's own policy before sending them.
+
+    A request the helper would treat as a protocol violation is answered
+    here with EINVAL instead of costing us the helper. Returns the replies
+    known so far (None where the helper must answer) and what to send.
+    """
+    replies: list[dict[str, Any] | None] = []
+    wire: list[dict[str, Any]] = []
+    for req in reqs:
+        msg = to_wire(req)
+        try:
+            policy.parse_request(msg)
+        except policy.Violation as exc:
+            replies.append(error_reply(req.id, errno.EINVAL, f"refused by policy: {exc}"))
+            continue
+        replies.append(None)
+        wire.append(msg)
+    return replies, wire
+
+
+def merge(replies: list[dict[str, Any] | None],
+          answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    it = iter(answers)
+    return [r if r is not None else next(it) for r in replies]
+
+
+class BlockingChannel:
+    """The helper channel at start-up: blocking calls, upcalls kept for later."""
+
+    TIMEOUT = 30.0
+
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.on_upcalls = on_upcalls
-        self.on_lost = on_lost
-        self.lost: str | None = None
-        self.fatal: str | None = None  # the helper's own last word, if any
-        self._ids = itertools.count(1)
-        self._waiting: deque[asyncio.Future[list[dict[str, Any]]]] = deque()
-        self._send_lock = asyncio.Lock()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self.ids = itertools.count(1)
+        self.backlog: list[dict[str, Any]] = []
 
     def next_id(self) -> int:
-        return next(self._ids)
+        return next(self.ids)
 
-    async def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
-        """Send requests, return one reply per request, in order.
+    PIPELINE = 256  # requests per datagram: the helper starts while we encode the rest
 
-        Each request is checked with the helper's own policy first: a request
-        the helper would treat as a protocol violation is answered here with
-        EINVAL instead of costing us the helper.
-        """
+    def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
+        """Send every batch first, then collect the replies (the helper works
+        on one batch while we encode the next)."""
         replies: list[dict[str, Any] | None] = []
-        wire: list[dict[str, Any]] = []
-        for req in reqs:
-            msg = to_wire(req)
-            try:
-                policy.parse_request(msg)
-            except policy.Violation as exc:
-                replies.append(error_reply(req.id, errno.EINVAL, f"refused by policy: {exc}"))
-                continue
-            replies.append(None)
-            wire.append(msg)
-        answers: list[dict[str, Any]] = []
-        for start in range(0, len(wire), MAX_BATCH):
-            answers += await self._exchange(wire[start:start + MAX_BATCH])
-        it = iter(answers)
-        return [r if r is not None else next(it) for r in replies]
+        sizes = []
+        self.sock.settimeout(self.TIMEOUT)
+        try:
+            for start in range(0, len(reqs), self.PIPELINE):
+                known, batch = screen(reqs[start:start + self.PIPELINE])
+                replies += known
+                if batch:
+                    self.sock.sendall(codec.encode(batch))
+                    sizes.append(len(batch))
+            answers: list[dict[str, Any]] = []
+            for size in sizes:
+                got = self._await_replies()
+                if len(got) != size:
+                    raise HelperLost("the helper answered with the wrong number of replies")
+                answers += got
+        except OSError as exc:
+            raise HelperLost(f"cannot talk to the helper: {exc}") from None
+        return merge(replies, answers)
 
-    async def _exchange(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.lost:
-            raise HelperLost(self.lost)
-        future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
-        data = codec.encode(batch)
-        async with self._send_lock:
-            self._waiting.append(future)
-            try:
-                await self._loop.sock_sendall(self.sock, data)
-            except OSError as exc:
-                self._lose(f"cannot write to the helper: {exc.strerror}")
-        replies = await future
-        if len(replies) != len(batch):
-            raise HelperLost("the helper answered a batch with the wrong number of replies")
-        return replies
-
-    def _readable(self) -> None:
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                data = self.sock.recv(codec.MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._lose(f"cannot read from the helper: {exc.strerror}")
-                return
+    def _await_replies(self) -> list[dict[str, Any]]:
+        fatal = None
+        while True:
+            data = self.sock.recv(codec.MAX_DATAGRAM)
             if not data:
-                self._lose(self.fatal or "the helper closed the channel")
-                return
+                raise HelperLost(fatal or "the helper closed the channel")
             try:
-                self._dispatch(codec.decode(data))
-            except (codec.DecodeError, KeyError, TypeError, ValueError) as exc:
-                self._lose(f"garbled message from the helper: {exc}")
-                return
-
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
-        if kind == "replies":
-            if not self._waiting:
-                raise ValueError("a reply nobody asked for")
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_result(list(msg["replies"]))
-        elif kind == "upcalls":
-            self.on_upcalls([Upcall(*item) for item in msg["upcalls"]])
-        elif kind == "fatal":
-            self.fatal = str(msg["error"])
-        else:
-            raise ValueError(f"unknown message type {kind!r}")
-
-    def _lose(self, reason: str) -> None:
-        if self.lost:
-            return
-        self.lost = reason
-        self._loop.remove_reader(self.sock.fileno())
-        while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(HelperLost(reason))
-        self.on_lost(reason)
-
-    def close(self) -> None:
-        if not self.lost:
-            self._loop.remove_reader(self.sock.fileno())
-            self.lost = "closed by the controller"
-        self.sock.close()
+                msg = codec.decode(data)
+                kind = msg["t"]
+                if kind == "replies":
+                    return list(msg["replies"])
+                if kind == "fatal":
+                    fatal = str(msg["error"])
+                else:
+                    self.backlog.append(msg)
+            except (codec.DecodeError, KeyError, TypeError) as exc:
+                raise HelperLost(f"garbled message from the helper: {exc}") from None

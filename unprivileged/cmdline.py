@@ -53,3 +53,17 @@ def getopt(argv: list[str], optstring: str, words: list[str]) -> Iterator[tuple[
             else:
                 raise OptError(ch, missing=True)
             break
+
+
+def atoi(text: str) -> int:
+    """C atoi: optional sign and leading digits, 0 if none."""
+    text = text.lstrip(" \t\n\r\v\f")
+    sign, digits = 1, ""
+    if text[:1] in "+-" and text[:1]:
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    for ch in text:
+        if not ch.isdigit() or not ch.isascii():
+            break
+        digits += ch
+    return sign * int(digits) if digits else 0

@@ -7,14 +7,17 @@ values come out, whatever the input.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 
 from smcroute.unprivileged.model import (
     Config,
     Diagnostic,
     Directive,
+    Mgroup,
     Mroute,
     Phyint,
     Prefix,
@@ -22,6 +25,8 @@ from smcroute.unprivileged.model import (
 )
 
 MAX_LINE = 511  # SMCRoute's line buffer holds 511 characters
+MAX_OIFS = 32  # one per VIF
+MAX_INCLUDE_DEPTH = 16
 MAX_FILE = 16 * 1024 * 1024
 IFNAMSIZ = 16
 WHITESPACE = " \t\r\v\f"
@@ -47,36 +52,48 @@ class _Line:
         self.diagnostics.append(Diagnostic(message, self.where, error=True))
 
 
+_C_SPACE = {ord(c): " " for c in WHITESPACE}
+_PY_ONLY_SPACE = "\x1c\x1d\x1e\x1f"  # str.split() splits here, C isspace does not
+
+
 def tokenize(line: str) -> list[str]:
     """Split on C isspace characters; a token starting with # ends the line."""
-    tokens: list[str] = []
-    for token in line.translate({ord(c): " " for c in WHITESPACE}).split(" "):
-        if not token:
-            continue
-        if token.startswith("#"):
-            break
-        tokens.append(token)
+    if line.isascii() and not any(c in line for c in _PY_ONLY_SPACE):
+        tokens = line.split()  # the common case, at C speed
+    else:
+        tokens = [t for t in line.translate(_C_SPACE).split(" ") if t]
+    if "#" in line:
+        for i, token in enumerate(tokens):
+            if token.startswith("#"):
+                return tokens[:i]
     return tokens
 
 
 def _match(token: str, names: tuple[str, ...]) -> str | None:
     """SMCRoute matches keywords by prefix: "groups" is "group"."""
+    if token in names:
+        return token
     for name in names:
         if token.startswith(name):
             return name
     return None
 
 
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """inet_pton(3) semantics: IPv6 if the text has a colon; None if invalid."""
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):  # ValueError: embedded NUL
+        return None
+
+
 def parse_prefix(text: str, what: str) -> Prefix:
     """ADDR[/LEN] -> Prefix; LEN absent or 0 means the full length."""
     addr_text, slash, len_text = text.partition("/")
-    if "%" in addr_text:
-        raise ConfigError(f"Invalid {what} address: {text} (scope ids are not allowed)")
-    try:
-        address = ipaddress.ip_address(addr_text)
-    except ValueError:
-        raise ConfigError(f"Invalid {what} address: {text}") from None
-    if ":" not in addr_text and address.version == 6:  # cannot happen, kept explicit
+    address = parse_address(addr_text)
+    if address is None:
         raise ConfigError(f"Invalid {what} address: {text}")
     length = address.max_prefixlen
     if slash:
@@ -148,97 +165,172 @@ def _phyint(line: _Line) -> Phyint | None:
                   bool(found.get("mrdisc")), _threshold(line, ifname, found.get("ttl-threshold")))
 
 
-def _mroute(line: _Line) -> Mroute | None:
-    found = _scan(line, 0)
-    iif = found.get("from")
-    group_text = found.get("group")
-    if iif is None:
-        raise ConfigError("mroute: missing inbound interface, expected: from IFNAME")
-    if group_text is None:
-        raise ConfigError("mroute: missing multicast group, expected: group ADDR[/LEN]")
-    check_ifname(str(iif))
-    oifs = tuple(str(o) for o in found.get("to", ()))  # type: ignore[union-attr]
-    for oif in oifs:
-        check_ifname(oif)
+def _addresses(line: _Line, found: dict[str, object], what: str
+               ) -> tuple[Prefix | None, Prefix] | None:
+    """Source and group of an mroute/mgroup line; None (warned) if unusable.
+
+    Invalid addresses and prefix lengths are warnings that skip the line, as
+    in SMCRoute; mixed families and multicast sources are skipped too.
+    """
+    group_text = str(found["group"])
     try:
-        group = parse_prefix(str(group_text), "multicast group")
+        group = parse_prefix(group_text, "multicast group")
         source = None
         if "source" in found:
             source = parse_prefix(str(found["source"]), "source")
     except ConfigError as exc:
-        line.warn(f"mroute: {exc}, skipping line")
+        line.warn(f"{what}: {exc}, skipping line")
         return None
     if not group.address.is_multicast:
-        line.warn(f"mroute: Invalid multicast group: {group_text}, skipping line")
+        line.warn(f"{what}: Invalid multicast group: {group_text}, skipping line")
         return None
-    if source is not None:
-        if source.family != group.family:
-            line.warn(f"mroute: source {source} and group {group} are of different address"
-                      " families, skipping line")
-            return None
-        if source.address.is_unspecified:
-            source = None  # source 0.0.0.0 / :: is the same as no source
-        elif source.address.is_multicast or str(source.address) == "255.255.255.255":
-            line.warn(f"mroute: Invalid source address: {source}, skipping line")
-            return None
-    rule = Mroute(line.where, str(iif), source, group, oifs)
-    if not rule.is_ssm:
-        raise ConfigError("mroute: (*,G) and prefix-range rules are not supported yet,"
-                          " only source-specific (S,G) routes")
-    return rule
+    if source is None:
+        return None, group
+    if source.family != group.family:
+        line.warn(f"{what}: source {source} and group {group} are of different address"
+                  " families, skipping line")
+        return None
+    if source.address.is_unspecified:
+        return None, group  # source 0.0.0.0 / :: is the same as no source
+    if source.address.is_multicast or str(source.address) == "255.255.255.255":
+        line.warn(f"{what}: Invalid source address: {source}, skipping line")
+        return None
+    return source, group
 
 
-def parse_text(text: str, filename: str) -> Config:
-    """Parse a whole configuration; every problem becomes a Diagnostic."""
-    directives: list[Directive] = []
-    diagnostics: list[Diagnostic] = []
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = _Line(Where(filename, number), [], diagnostics)
-        if len(raw.rstrip("\r")) > MAX_LINE:
-            line.error(f"line too long ({len(raw)} characters, at most {MAX_LINE})")
-            continue
-        if "\0" in raw:
-            line.error("binary data (NUL byte) in line")
-            continue
-        line.tokens = tokenize(raw)
-        if not line.tokens:
-            continue
+def _required(found: dict[str, object], what: str) -> str:
+    iif = found.get("from")
+    if iif is None:
+        raise ConfigError(f"{what}: missing inbound interface, expected: from IFNAME")
+    if found.get("group") is None:
+        raise ConfigError(f"{what}: missing multicast group, expected: group ADDR[/LEN]")
+    check_ifname(str(iif))
+    return str(iif)
+
+
+def _mroute(line: _Line) -> Mroute | None:
+    found = _scan(line, 0)
+    iif = _required(found, "mroute")
+    oifs = tuple(str(o) for o in found.get("to", ()))  # type: ignore[union-attr]
+    if len(oifs) > MAX_OIFS:
+        raise ConfigError(f"mroute: {len(oifs)} outbound interfaces, at most {MAX_OIFS}")
+    for oif in oifs:
+        check_ifname(oif)
+    addresses = _addresses(line, found, "mroute")
+    if addresses is None:
+        return None
+    return Mroute(line.where, iif, *addresses, oifs)
+
+
+def _mgroup(line: _Line) -> Mgroup | None:
+    found = _scan(line, 0)
+    iif = _required(found, "mgroup")
+    addresses = _addresses(line, found, "mgroup")
+    if addresses is None:
+        return None
+    return Mgroup(line.where, iif, *addresses)
+
+
+class _Reader:
+    """Reads a config file and everything it includes, depth first."""
+
+    def __init__(self) -> None:
+        self.directives: list[Directive] = []
+        self.diagnostics: list[Diagnostic] = []
+        self.stack: list[str] = []  # real paths being read: the include-loop guard
+
+    def file(self, path: str, where: Where | None = None) -> None:
+        text = self._load(path, where)
+        if text is not None:
+            self.stack.append(os.path.realpath(path))
+            self.text(text, path)
+            self.stack.pop()
+
+    def _load(self, path: str, where: Where | None) -> str | None:
+        def fail(message: str) -> None:
+            self.diagnostics.append(Diagnostic(message, where))
+
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE + 1)
+        except FileNotFoundError:
+            fail(f"Configuration file {path} does not exist")
+        except IsADirectoryError:
+            fail(f"Failed opening {path}: is a directory")
+        except OSError as exc:
+            fail(f"Failed opening {path}: {os.strerror(exc.errno or 0)}")
+        else:
+            if len(data) > MAX_FILE:
+                fail(f"Failed reading {path}: larger than {MAX_FILE} bytes")
+                return None
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = data[:exc.start].count(b"\n") + 1
+                self.diagnostics.append(Diagnostic("not UTF-8 text", Where(path, line)))
+        return None
+
+    def include(self, line: _Line) -> None:
+        if len(line.tokens) < 2:
+            line.warn("include: missing file pattern")
+            return
+        pattern = line.tokens[1]
+        if not os.path.isabs(pattern):  # relative to the including file, not the cwd
+            pattern = os.path.join(os.path.dirname(line.where.file), pattern)
+        for path in sorted(glob.glob(pattern)):  # glob(3) order: sorted bytewise
+            if os.path.realpath(path) in self.stack:
+                line.error(f"include loop: {path} is already being read")
+            elif len(self.stack) >= MAX_INCLUDE_DEPTH:
+                line.error(f"include: nested more than {MAX_INCLUDE_DEPTH} deep at {path}")
+            else:
+                self.file(path, line.where)
+
+    def text(self, text: str, filename: str) -> None:
+        for number, raw in enumerate(text.split("\n"), start=1):
+            line = _Line(Where(filename, number), [], self.diagnostics)
+            if len(raw.rstrip("\r")) > MAX_LINE:
+                line.error(f"line too long ({len(raw)} characters, at most {MAX_LINE})")
+                continue
+            if "\0" in raw:
+                line.error("binary data (NUL byte) in line")
+                continue
+            line.tokens = tokenize(raw)
+            if line.tokens:
+                self.line(line)
+
+    def line(self, line: _Line) -> None:
         word = line.tokens[0]
         directive = _match(word, DIRECTIVES)
         try:
             if directive is None:
                 line.warn(f"Unknown command {word}, skipping.")
-            elif directive == "phyint":
-                phyint = _phyint(line)
-                if phyint:
-                    directives.append(phyint)
-            elif directive == "mroute":
-                mroute = _mroute(line)
-                if mroute:
-                    directives.append(mroute)
+            elif directive == "include":
+                self.include(line)
             else:
-                line.error(f"{directive} is not supported yet")
+                parse = {"phyint": _phyint, "mroute": _mroute}.get(directive, _mgroup)
+                result = parse(line)
+                if result:
+                    self.directives.append(result)
         except ConfigError as exc:
             line.error(str(exc))
-    return Config(tuple(directives), tuple(diagnostics))
+
+    def config(self) -> Config:
+        return Config(tuple(self.directives), tuple(self.diagnostics))
+
+
+def parse_text(text: str, filename: str) -> Config:
+    """Parse a whole configuration; every problem becomes a Diagnostic.
+
+    include lines are followed (relative to filename's directory).
+    """
+    reader = _Reader()
+    reader.stack.append(os.path.realpath(filename))
+    reader.text(text, filename)
+    return reader.config()
 
 
 def read_config(path: str) -> Config:
-    """Read and parse path; an unreadable file is one error naming it."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except FileNotFoundError:
-        return Config((), (Diagnostic(f"Configuration file {path} does not exist"),))
-    except IsADirectoryError:
-        return Config((), (Diagnostic(f"Failed opening {path}: is a directory"),))
-    except OSError as exc:
-        return Config((), (Diagnostic(f"Failed opening {path}: {os.strerror(exc.errno or 0)}"),))
-    if len(data) > MAX_FILE:
-        return Config((), (Diagnostic(f"{path}: larger than {MAX_FILE} bytes"),))
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        return Config((), (Diagnostic("not UTF-8 text", Where(path, line)),))
-    return parse_text(text, path)
+    """Read and parse path and its includes; an unreadable file is an error naming it."""
+    reader = _Reader()
+    reader.file(path)
+    return reader.config()

@@ -17,6 +17,7 @@ from smcroute.unprivileged.model import (
     Interface,
     Mfc,
     MfcKey,
+    Mgroup,
     Mroute,
     Pending,
     Phyint,
@@ -37,18 +38,25 @@ def match(pattern: str, interfaces: Mapping[str, Interface]) -> list[str]:
 
 
 @dataclass
-class Plan:
-    vifs: dict[tuple[int, str], Vif] = field(default_factory=dict)
-    mfc: dict[MfcKey, Mfc] = field(default_factory=dict)
-    pending: list[Pending] = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+class Route:
+    """A config mroute line applied to one inbound interface."""
 
-
-@dataclass
-class _Route:
     rule: Mroute
     iif: str
     oifs: dict[str, int]  # name -> ttl
+
+
+@dataclass
+class Plan:
+    vifs: dict[tuple[int, str], Vif] = field(default_factory=dict)
+    mfc: dict[MfcKey, Mfc] = field(default_factory=dict)
+    templates: list[Route] = field(default_factory=list)  # (*,G) and range rules
+    pending: list[Pending] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.error]
 
 
 def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTable,
@@ -63,7 +71,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
     note = out.diagnostics.append
     thresholds: dict[str, int] = {}
     slots = _Slots(out, interfaces, installed.values())
-    routes: list[_Route] = []
+    routes: list[Route] = []
 
     def usable(name: str, role: str, rule: Mroute | Phyint) -> bool:
         if not interfaces[name].multicast:
@@ -72,6 +80,9 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
         return slots.ensure(name, thresholds.get(name, 1), rule)
 
     for d in config.directives:
+        if isinstance(d, Mgroup):
+            note(Diagnostic("mgroup: joining multicast groups is not supported yet", d.where))
+            continue
         if isinstance(d, Phyint):
             names = match(d.pattern, interfaces)
             if not names:
@@ -89,7 +100,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
             continue
         iifs = match(d.iif, interfaces)
         if not iifs:
-            out.pending.append(Pending(d, (d.iif,)))
+            out.pending.append(Pending(d, (d.iif,), inbound=True))
             continue
         iifs = [name for name in iifs if usable(name, "mroute: inbound", d)]
         oifs: list[str] = []
@@ -103,17 +114,19 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
             if iif in oifs and not (d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)):
                 note(Diagnostic(f"mroute: outbound {iif} is also the inbound interface: not"
                                 " forwarded back where it came from", d.where, error=False))
-            if d.is_ssm:
-                routes.append(_Route(d, iif, {o: thresholds.get(o, 1) for o in oifs if o != iif}))
+            routes.append(Route(d, iif, {o: thresholds.get(o, 1) for o in oifs if o != iif}))
         if missing:
             out.pending.append(Pending(d, tuple(missing)))
 
     for route in routes:
-        _add_route(out, route)
+        if route.rule.is_ssm:
+            _add_route(out, route)
+        else:
+            out.templates.append(route)
     return out
 
 
-def _prune(routes: list[_Route], name: str) -> list[_Route]:
+def _prune(routes: list[Route], name: str) -> list[Route]:
     """Forget an interface: routes from it go, it leaves every OIF list."""
     kept = [r for r in routes if r.iif != name]
     for r in kept:
@@ -177,7 +190,7 @@ class _Slots:
                 self.taken.discard((family, vif.vif))
 
 
-def _add_route(out: Plan, route: _Route) -> None:
+def _add_route(out: Plan, route: Route) -> None:
     rule = route.rule
     family = rule.family
     assert rule.source is not None  # only (S,G) reach the kernel from the config

@@ -13,41 +13,9 @@ import syslog
 from typing import Any
 
 import structlog
+from smcroute.unprivileged.levels import PRIORITY, parse_level
 
-PRIORITY = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4, "warn": 4,
-            "notice": 5, "info": 6, "debug": 7}
-# SPEC 12.1: names tried in this order, compared on min(len(name), len(arg)) chars.
-LEVEL_NAMES = (("alert", 1), ("crit", 2), ("debug", 7), ("emerg", 0), ("err", 3), ("error", 3),
-               ("info", 6), ("none", -1), ("notice", 5), ("panic", 0), ("warn", 4),
-               ("warning", 4))
-
-
-def atoi(text: str) -> int:
-    """C atoi: optional sign and leading digits, 0 if none."""
-    text = text.lstrip(" \t\n\r\v\f")
-    sign, digits = 1, ""
-    if text[:1] in "+-" and text[:1]:
-        sign = -1 if text[0] == "-" else 1
-        text = text[1:]
-    for ch in text:
-        if not ch.isdigit() or not ch.isascii():
-            break
-        digits += ch
-    return sign * int(digits) if digits else 0
-
-
-def parse_level(arg: str) -> int:
-    """-l argument to a syslog priority threshold; "none" logs nothing.
-
-    (SMCRoute's "none" enables every level, a bug; the usage text means none.)
-    """
-    low = arg.lower()
-    for name, value in LEVEL_NAMES:
-        n = min(len(name), len(low))
-        if name[:n] == low[:n]:
-            return value
-    return atoi(arg)
-
+__all__ = ["PRIORITY", "Logger", "configure", "get_logger", "parse_level"]
 
 class Logger(structlog.BoundLoggerBase):
     """A bound logger with one method per syslog priority."""

@@ -81,7 +81,21 @@ class Mroute:
         return self.source is not None and self.source.is_host and self.group.is_host
 
 
-Directive = Phyint | Mroute
+@dataclass(frozen=True)
+class Mgroup:
+    """Join GROUP (from SOURCE) on IIF: mgroup/ssmgroup lines."""
+
+    where: Where
+    iif: str
+    source: Prefix | None
+    group: Prefix
+
+    @property
+    def family(self) -> int:
+        return self.group.family
+
+
+Directive = Phyint | Mroute | Mgroup
 
 
 @dataclass(frozen=True)
@@ -141,4 +155,5 @@ class Pending:
     """A config line waiting for an interface to appear."""
 
     rule: Mroute
-    missing: tuple[str, ...]
+    missing: tuple[str, ...]  # interface names (or patterns) that match nothing yet
+    inbound: bool = False  # the inbound interface is missing (else only outbound ones)

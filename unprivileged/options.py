@@ -14,8 +14,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from smcroute.unprivileged import texts
-from smcroute.unprivileged.cmdline import OptError, getopt
-from smcroute.unprivileged.log import atoi
+from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 PROG = "smcrouted"

@@ -1,62 +1,30 @@
 """smcrouted: start-up as root, the helper, the privilege drop, the controller.
 
 Start-up order (SPEC 11.1, adapted to the two processes): options; verify
-mode (-F) and exit; logging; root check; daemonize; startup delay; spawn the
+mode (-F) and exit; root check; daemonize; logging; startup delay; spawn the
 privileged helper with its end of a socketpair; create the PID file; drop
 every privilege; run the asyncio controller (config, routes, "Ready").
+
+Only light modules are imported before the helper is spawned: it boots on
+the other core while this process imports asyncio and parses the config.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
-from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
-from smcroute.unprivileged import engine, options, texts
-from smcroute.unprivileged.config import read_config
-from smcroute.unprivileged.controller import Controller, pending_text
-from smcroute.unprivileged.log import PRIORITY, configure, parse_level
-from smcroute.unprivileged.pidfile import PidFile
+from smcroute.unprivileged import options, texts
+from smcroute.unprivileged.bootlog import DeferredLog
 
 EX_OSERR = 71
 EX_NOPERM = 77
-EX_CONFIG = 78
 CHANNEL_BUFFER = 4 * 1024 * 1024
-
-
-def verify(opts: options.Options) -> int:
-    """-F FILE: check the file against the live interfaces, touch nothing."""
-    level = parse_level(opts.log_level) if opts.log_level else PRIORITY["info"]
-
-    def say(prio: str, text: str) -> None:
-        if PRIORITY[prio] <= level:
-            print(text, flush=True)
-
-    path = opts.conf_path
-    say("info", f"Verifying configuration file {path} ...")
-    config = read_config(path)
-    problems = list(config.diagnostics)
-    pending = []
-    if not config.errors:
-        from smcroute.unprivileged.interfaces import read_interfaces
-
-        interfaces = asyncio.run(read_interfaces())
-        target = engine.plan(config, interfaces, {}, default_enable=not opts.no_vifs)
-        problems += target.diagnostics
-        pending = target.pending
-    for d in problems:
-        say("warning", str(d))
-    for p in pending:
-        say("notice", pending_text(p))
-    if problems:
-        say("warning", f"Parse error in {path}")
-        return EX_CONFIG
-    return 0
 
 
 def daemonize() -> None:
@@ -93,31 +61,68 @@ def launch_helper(opts: options.Options) -> tuple[subprocess.Popen[bytes], socke
     return proc, ours
 
 
+def spawn(opts: options.Options) -> tuple[subprocess.Popen[bytes], socket.socket] | OSError:
+    try:
+        return launch_helper(opts)
+    except OSError as exc:
+        return exc
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         opts = options.parse(sys.argv[1:] if argv is None else argv)
     except options.Exit as exc:
         return exc.status
     if opts.verify:
+        from smcroute.unprivileged.verify import verify
+
         return verify(opts)
+    from smcroute.unprivileged.levels import PRIORITY, parse_level
+
     level = parse_level(opts.log_level) if opts.log_level else PRIORITY["notice"]
-    log = configure(opts.ident, level, stderr=opts.log_to_stderr, use_syslog=opts.log_to_syslog)
     if os.geteuid() != 0:
-        log.err("Need root privileges to start smcrouted")
+        real_log(opts, level).err("Need root privileges to start smcrouted")
         return EX_NOPERM
     if not opts.foreground:
         daemonize()
+    # Spawn first: the helper boots on the other core while we import and parse.
+    spawned = None if opts.startup_delay else spawn(opts)
+    boot_log = DeferredLog()
+    try:
+        return run(opts, level, spawned, boot_log)
+    finally:
+        if boot_log.events:  # a way out before the real logger took over
+            boot_log.replay(real_log(opts, level))
+
+
+def real_log(opts: options.Options, level: int) -> Any:
+    from smcroute.unprivileged.log import configure
+
+    return configure(opts.ident, level, opts.log_to_stderr, opts.log_to_syslog)
+
+
+def run(opts: options.Options, level: int,
+        spawned: tuple[subprocess.Popen[bytes], socket.socket] | OSError | None,
+        log: DeferredLog) -> int:
+    """Everything after the helper is spawned; logs go to log until the
+    initial routes are in, then to the real logger."""
     log.notice(f"{texts.PACKAGE} v{texts.VERSION}")
     if opts.startup_delay:
         log.info(f"Startup delay requested, waiting {opts.startup_delay} sec before continuing.")
+        log.replay(real_log(opts, level))  # show it before we sleep
         time.sleep(opts.startup_delay)
+        spawned = spawn(opts)
+    if opts.exit_delay:
+        log.info(f"Exit delay requested, starting background timer, {opts.exit_delay} sec")
     if opts.table:
         log.info(f"Setting multicast routing table id {opts.table}")
-    try:
-        helper, sock = launch_helper(opts)
-    except OSError as exc:
-        log.err(f"Cannot start the mrouter helper: {exc}")
+    if isinstance(spawned, OSError) or spawned is None:
+        log.err(f"Cannot start the mrouter helper: {spawned}")
         return EX_OSERR
+    helper, sock = spawned
+    from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
+    from smcroute.unprivileged.pidfile import PidFile
+
     user = opts.user
     pidfile = None
     try:
@@ -135,7 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if user:
         log.info(f"Root privileges dropped: Current UID {os.getuid()}, GID {os.getgid()}.")
-    return asyncio.run(Controller(opts, log, helper, sock, pidfile).run())
+    from smcroute.unprivileged.boot import EXIT_HELPER_LOST, boot
+
+    booted = boot(opts, log, level, helper, sock)
+    if booted is None:
+        if pidfile:
+            pidfile.remove()
+        return EXIT_HELPER_LOST
+    # The initial routes are in the kernel: now the heavy imports.
+    import asyncio
+
+    from smcroute.unprivileged.controller import Controller
+
+    real = real_log(opts, level)
+    log.replay(real)
+    booted.state.log = real
+    return asyncio.run(Controller(opts, real, helper, booted, pidfile).run())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import pwd
 
 import pytest
 from smcroute.unprivileged import options, texts
-from smcroute.unprivileged.log import atoi, parse_level
+from smcroute.unprivileged.cmdline import atoi
+from smcroute.unprivileged.levels import parse_level
 from smcroute.unprivileged.options import Exit, Options, parse
 
 VERSION_TEXT = """SMCRoute v2.6.1-dev

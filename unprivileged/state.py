@@ -1,0 +1,152 @@
+"""What the kernel holds on our behalf, and the steps to change it.
+
+No asyncio here: the initial configuration is applied before the event
+loop exists (see boot.py), reloads from inside it (controller.py); both go
+through load_plan(), RouteState.requests() and RouteState.record().
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, Request
+from smcroute.unprivileged import engine
+from smcroute.unprivileged.config import read_config
+from smcroute.unprivileged.interfaces import read_interfaces
+from smcroute.unprivileged.model import Diagnostic, Mfc, MfcKey, Pending, Vif
+from smcroute.unprivileged.options import Options
+
+if TYPE_CHECKING:  # structlog is imported only once the routes are in
+    from smcroute.unprivileged.log import Logger
+
+Todo = list[tuple[Request, Vif | Mfc]]
+
+
+def addr(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def sg(key: MfcKey) -> str:
+    return f"({addr(key.source)}, {addr(key.group)})"
+
+
+def pending_text(p: Pending) -> str:
+    return f"mroute from {p.rule.iif} group {p.rule.group} pending: interface not available"
+
+
+def log_diagnostic(log: Logger, d: Diagnostic) -> None:
+    if d.where is None and "does not exist" in d.message:
+        log.notice(str(d))
+    else:
+        log.warning(str(d))
+
+
+def load_plan(opts: Options, log: Logger, installed: Mapping[Any, Vif],
+              initial: bool) -> engine.Plan | None:
+    """Parse the config and plan it (no kernel access); None if it is rejected."""
+    path = opts.conf_path
+    config = read_config(path)
+    target = None
+    if not config.errors:
+        target = engine.plan(config, read_interfaces(), installed,
+                             default_enable=not opts.no_vifs)
+    for d in (*config.diagnostics, *(target.diagnostics if target else ())):
+        log_diagnostic(log, d)
+    if target is None or target.errors:
+        if initial and any(d.where is None for d in config.errors):
+            log.notice("Continuing anyway, waiting for client to connect.")
+        else:
+            log.warning(f"Parse error in {path}, configuration not applied"
+                        + ("" if initial else ", keeping the running one"))
+        return None
+    return target
+
+
+class RouteState:
+    def __init__(self, log: Logger, debug: bool = False) -> None:
+        self.log = log
+        self.debug = debug  # per-route debug lines cost more than the kernel calls
+        self.vifs: dict[tuple[int, int], Vif] = {}  # (family, slot) -> VIF we installed
+        self.mfc: dict[MfcKey, Mfc] = {}
+        self.pending: list[Pending] = []
+
+    def changes(self, target: engine.Plan) -> engine.Changes:
+        for p in target.pending:
+            if p not in self.pending:
+                self.log.notice(pending_text(p))
+        self.pending = target.pending
+        return engine.diff(self.vifs, self.mfc, target)
+
+    def teardown(self) -> engine.Changes:
+        return engine.Changes(del_mfc=tuple(self.mfc.values()),
+                              del_vifs=tuple(self.vifs.values()))
+
+    @staticmethod
+    def requests(changes: engine.Changes, next_id: Callable[[], int]) -> Todo:
+        """Helper requests for changes, in the order they must run."""
+        todo: Todo = []
+        for v in changes.add_vifs:
+            todo.append((AddVif(next_id(), v.family, v.vif, v.ifindex, v.threshold), v))
+        for m in changes.del_mfc:
+            todo.append((DelMfc(next_id(), m.key.family, m.key.source, m.key.group), m))
+        for m in changes.set_mfc:
+            todo.append((AddMfc(next_id(), m.key.family, m.key.source, m.key.group,
+                                m.iif, m.oifs), m))
+        for v in changes.del_vifs:
+            todo.append((DelVif(next_id(), v.family, v.vif), v))
+        return todo
+
+    def record_all(self, todo: Todo, replies: list[dict[str, Any]]) -> None:
+        for (req, obj), reply in zip(todo, replies, strict=True):
+            self.record(req, obj, reply)
+
+    def record(self, req: Request, obj: Vif | Mfc, reply: dict[str, Any]) -> None:
+        """Remember what the kernel accepted; log what it refused."""
+        ok = bool(reply.get("ok"))
+        error = reply.get("error", "")
+        if isinstance(obj, Vif):
+            kind = "VIF" if obj.family == 4 else "MIF"
+            slot = (obj.family, obj.vif)
+            if isinstance(req, AddVif):
+                if ok:
+                    self.vifs[slot] = obj
+                    self.log.debug(f"Map iface {obj.name:<16} => {kind} {obj.vif:<2} ifindex"
+                                   f" {obj.ifindex:2} TTL threshold {obj.threshold}")
+                else:
+                    self.log.warning(f"Failed creating {kind} {obj.vif} for {obj.name}: {error}")
+            else:
+                if self.vifs.get(slot) == obj:
+                    del self.vifs[slot]  # gone either way: the helper forgets it too
+                if ok:
+                    self.log.debug(f"Removed {kind} {obj.vif} of {obj.name}")
+            return
+        if isinstance(req, AddMfc):
+            if ok:
+                self.mfc[obj.key] = obj
+                if self.debug:
+                    self.log.debug(f"Add {sg(obj.key)} from {obj.iif_name} to"
+                                   f" {' '.join(obj.oif_names) or '(none)'}")
+            else:
+                where = f"{obj.where}: " if obj.where else ""
+                self.log.warning(f"{where}failed adding IPv{obj.key.family} multicast route"
+                                 f" {sg(obj.key)}: {error}")
+        else:
+            self.mfc.pop(obj.key, None)
+            if not self.debug:
+                return
+            if ok:
+                self.log.debug(f"Del {sg(obj.key)} from {obj.iif_name}")
+            else:
+                self.log.debug(f"failed removing multicast route {sg(obj.key)}: {error}")
+
+    def adopt_names(self, target: engine.Plan) -> None:
+        """Unchanged kernel objects take the target's names (interface renames)."""
+        for v in target.vifs.values():
+            old = self.vifs.get((v.family, v.vif))
+            if old is not None and old.ifindex == v.ifindex:
+                self.vifs[(v.family, v.vif)] = v
+        for key, m in target.mfc.items():
+            if self.mfc.get(key) == m:
+                self.mfc[key] = m
