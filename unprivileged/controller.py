@@ -32,6 +32,7 @@ class Controller:
         self.exit_status = 0
         self.stopping = asyncio.Event()
         self.reload_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.channel: HelperChannel
 
     @property
@@ -44,13 +45,20 @@ class Controller:
 
     # -- life cycle ---------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, early_signals: list[int] | None = None) -> int:
+        """Serve until SIGTERM/SIGINT (or the helper is lost); early_signals
+        are those that arrived during start-up, handled now in order."""
         loop = asyncio.get_running_loop()
         self.channel = HelperChannel(self.booted.channel, self.on_upcalls, self.on_helper_lost)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.ready()
+        for sig in early_signals or ():
+            if sig == signal.SIGHUP:
+                self.request_reload()
+            else:
+                self.stopping.set()
         if self.opts.exit_delay:
             loop.call_later(self.opts.exit_delay, self.exit_delay_expired)
         await self.stopping.wait()
@@ -62,6 +70,11 @@ class Controller:
             self.log.notice(why)
         self.log.notice("Exiting.")
         return self.exit_status
+
+    def request_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self.tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self.tasks.discard)
 
     def ready(self) -> None:
         if self.pidfile:

@@ -26,6 +26,20 @@ class PidFile:
         return cls(path, fd)
 
     def write(self) -> None:
+        """Say we are ready (again): our pid in the file, its mtime now.
+
+        If someone deleted the file meanwhile it is created anew, where our
+        credentials still allow that.
+        """
+        try:
+            same = os.path.samestat(os.stat(self.path), os.fstat(self.fd))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o644)
+            os.close(self.fd)
+            self.fd = fd
         data = f"{os.getpid()}\n".encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)

@@ -61,6 +61,28 @@ def launch_helper(opts: options.Options) -> tuple[subprocess.Popen[bytes], socke
     return proc, ours
 
 
+class EarlySignals:
+    """Until the event loop takes over, remember SIGHUP/SIGTERM/SIGINT
+    instead of dying on them (SIGHUP's default) or raising KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._keep)
+
+    def _keep(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+
+
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: group joins take sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def spawn(opts: options.Options) -> tuple[subprocess.Popen[bytes], socket.socket] | OSError:
     try:
         return launch_helper(opts)
@@ -85,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         return EX_NOPERM
     if not opts.foreground:
         daemonize()
+    early = EarlySignals()
+    raise_nofile_limit()
     # Spawn first: the helper boots on the other core while we import and parse.
     spawned = None if opts.startup_delay else spawn(opts)
     boot_log = DeferredLog()
     try:
-        return run(opts, level, spawned, boot_log)
+        return run(opts, level, spawned, boot_log, early)
     finally:
         if boot_log.events:  # a way out before the real logger took over
             boot_log.replay(real_log(opts, level))
@@ -103,7 +127,7 @@ def real_log(opts: options.Options, level: int) -> Any:
 
 def run(opts: options.Options, level: int,
         spawned: tuple[subprocess.Popen[bytes], socket.socket] | OSError | None,
-        log: DeferredLog) -> int:
+        log: DeferredLog, early: EarlySignals) -> int:
     """Everything after the helper is spawned; logs go to log until the
     initial routes are in, then to the real logger."""
     log.notice(f"{texts.PACKAGE} v{texts.VERSION}")
@@ -155,7 +179,8 @@ def run(opts: options.Options, level: int,
     real = real_log(opts, level)
     log.replay(real)
     booted.state.log = real
-    return asyncio.run(Controller(opts, real, helper, booted, pidfile).run())
+    controller = Controller(opts, real, helper, booted, pidfile)
+    return asyncio.run(controller.run(early.received))
 
 
 if __name__ == "__main__":
