@@ -21,6 +21,7 @@ MRT_PIM = 208
 MRT_TABLE = 209
 # The IPv6 options use the same numbers at level IPPROTO_IPV6.
 MRT6_INIT, MRT6_DONE, MRT6_ADD_MIF, MRT6_DEL_MIF, MRT6_ADD_MFC, MRT6_DEL_MFC = range(200, 206)
+MRT6_PIM = 208
 MRT6_TABLE = 209
 
 SIOCGETSGCNT = 0x89E0 + 1  # SIOCPROTOPRIVATE + 1, same value for IPv4 and IPv6
@@ -76,6 +77,10 @@ class Mroute:
                                 MRT6_INIT, table, rcvbuf)
         # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic is of no use here.
         self.sock6.setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
+        try:  # WRONGMIF upcalls; needs CONFIG_IPV6_PIMSM_V2, so only if available
+            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_PIM, 1)
+        except OSError:
+            pass
 
     @staticmethod
     def _open(family: int, proto: int, level: int, opt_table: int, opt_init: int,

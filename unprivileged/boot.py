@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from smcroute.ipc.helper import Hello, Modules
 from smcroute.unprivileged.channel import BlockingChannel, HelperLost
 from smcroute.unprivileged.levels import PRIORITY
 from smcroute.unprivileged.options import Options
-from smcroute.unprivileged.state import RouteState, load_plan
+from smcroute.unprivileged.state import RouteState, limits, load_plan
 
 if TYPE_CHECKING:  # structlog is imported only once the routes are in
     from smcroute.unprivileged.log import Logger
@@ -28,6 +29,7 @@ EXIT_HELPER_LOST = 1
 class Booted:
     channel: BlockingChannel
     state: RouteState
+    applied: bool  # the initial configuration is in the kernel
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -55,7 +57,7 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
          sock: socket.socket) -> Booted | None:
     """Hello, then the initial config; None (logged) if the helper is lost."""
     channel = BlockingChannel(sock)
-    state = RouteState(log, debug=level >= PRIORITY["debug"])
+    state = RouteState(log, level, limits(opts))
     # Parse and plan while the helper is still starting (it runs on another core).
     target = load_plan(opts, log, state.vifs, initial=True)
     try:
@@ -68,8 +70,8 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
         if target is not None:
             todo = state.requests(state.changes(target), channel.next_id)
             state.record_all(todo, channel.call([req for req, _ in todo]))
-            state.adopt_names(target)
+            state.adopt(target, time.monotonic())
     except HelperLost as exc:
         report_helper_lost(log, helper, str(exc))
         return None
-    return Booted(channel, state)
+    return Booted(channel, state, target is not None)

@@ -12,19 +12,29 @@ from collections.abc import Iterator
 
 
 class OptError(Exception):
-    def __init__(self, opt: str, missing: bool) -> None:
+    def __init__(self, opt: str, missing: bool, long: bool = False) -> None:
         super().__init__(opt)
         self.opt = opt
         self.missing = missing
+        self.long = long
 
     def message(self) -> str:
+        if self.long:  # glibc's getopt_long wording
+            if self.missing:
+                return f"option '{self.opt}' requires an argument"
+            return f"unrecognized option '{self.opt}'"
         if self.missing:
             return f"option requires an argument -- '{self.opt}'"
         return f"invalid option -- '{self.opt}'"
 
 
-def getopt(argv: list[str], optstring: str, words: list[str]) -> Iterator[tuple[str, str]]:
-    """Yield ("-x", value) pairs in order; append non-option words to words."""
+def getopt(argv: list[str], optstring: str, words: list[str],
+           longopts: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """Yield ("-x", value) pairs in order; append non-option words to words.
+
+    longopts names our own extensions ("name=" takes a value), given as
+    --name=value or --name value; SMCRoute's short options stay as they are.
+    """
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -32,6 +42,20 @@ def getopt(argv: list[str], optstring: str, words: list[str]) -> Iterator[tuple[
         if arg == "--":
             words.extend(argv[i:])
             return
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if name in longopts and not eq:
+                yield f"--{name}", ""
+            elif f"{name}=" not in longopts:
+                raise OptError(f"--{name}", missing=False, long=True)
+            elif eq:
+                yield f"--{name}", value
+            elif i < len(argv):
+                yield f"--{name}", argv[i]
+                i += 1
+            else:
+                raise OptError(f"--{name}", missing=True, long=True)
+            continue
         if not arg.startswith("-") or arg == "-":
             words.append(arg)
             continue

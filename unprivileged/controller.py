@@ -1,14 +1,17 @@
-"""The asyncio controller: wires signals (and later the control socket,
-upcalls and netlink) to the engine, and the engine's decisions to the
-helper. It holds no privilege at all."""
+"""The asyncio controller: wires signals, kernel upcalls, timers (and later
+the control socket and netlink) to the engine, and the engine's decisions to
+the helper. It holds no privilege at all."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import subprocess
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
-from smcroute.ipc.helper import Upcall
+from smcroute.ipc.helper import AddMfc, SgCount, Upcall
 from smcroute.unprivileged import engine
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
 from smcroute.unprivileged.channel import HelperLost
@@ -17,7 +20,11 @@ from smcroute.unprivileged.log import Logger
 from smcroute.unprivileged.model import Mfc, MfcKey, Vif
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
-from smcroute.unprivileged.state import addr, load_plan
+from smcroute.unprivileged.script import ActionScript, usable
+from smcroute.unprivileged.state import addr, load_plan, sg
+
+UPCALL_BATCH = 4096
+UPCALL_QUEUE = 65_536  # beyond this, upcalls are dropped (the kernel asks again)
 
 
 class Controller:
@@ -31,8 +38,11 @@ class Controller:
         self.pidfile = pidfile
         self.exit_status = 0
         self.stopping = asyncio.Event()
-        self.reload_lock = asyncio.Lock()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.kernel_lock = asyncio.Lock()  # one change of kernel state at a time
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.upcalls: deque[Upcall] = deque(maxlen=UPCALL_QUEUE)
+        self.upcall_task: asyncio.Task[None] | None = None
+        self.script: ActionScript | None = None
         self.channel: HelperChannel
 
     @property
@@ -53,7 +63,15 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if self.opts.script:
+            if usable(self.opts.script):
+                self.script = ActionScript(self.opts.script, self.log)
+            else:
+                self.log.err(f"{self.opts.script} is not executable.")
+        self.spawn(self.expiry_loop())
         self.ready()
+        if self.booted.applied and self.script:
+            self.script.run("reload")
         for sig in early_signals or ():
             if sig == signal.SIGHUP:
                 self.request_reload()
@@ -62,6 +80,10 @@ class Controller:
         if self.opts.exit_delay:
             loop.call_later(self.opts.exit_delay, self.exit_delay_expired)
         await self.stopping.wait()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.script:
+            self.script.close()
         if not self.channel.lost:
             await self.teardown()
         self.channel.close()
@@ -71,10 +93,14 @@ class Controller:
         self.log.notice("Exiting.")
         return self.exit_status
 
-    def request_reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload())
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self.tasks.discard)
+        return task
+
+    def request_reload(self) -> None:
+        self.spawn(self.reload())
 
     def ready(self) -> None:
         if self.pidfile:
@@ -88,17 +114,22 @@ class Controller:
         self.log.notice("Exit delay timer expired.")
         self.stopping.set()
 
-    async def reload(self) -> None:
+    async def reload(self) -> bool:
+        """Re-read the config; the kernel ends up holding exactly it (plus
+        the learned flows it still covers), or nothing changes."""
         self.log.notice("Reloading configuration, please wait ...")
-        async with self.reload_lock:
+        async with self.kernel_lock:
             target = load_plan(self.opts, self.log, self.vifs, initial=False)
             try:
                 if target is not None:
                     await self.apply(self.state.changes(target))
-                    self.state.adopt_names(target)
+                    self.state.adopt(target, asyncio.get_running_loop().time())
             except HelperLost:
-                return
+                return False
+        if target is not None and self.script:
+            self.script.run("reload")
         self.ready()
+        return target is not None
 
     async def teardown(self) -> None:
         """Remove every route and VIF we installed, then let the helper go."""
@@ -127,8 +158,92 @@ class Controller:
         if todo:
             self.state.record_all(todo, await self.channel.call([req for req, _ in todo]))
 
+    # -- (*,G): upcalls, expiry, flush ---------------------------------------
+
     def on_upcalls(self, upcalls: list[Upcall]) -> None:
-        # (*,G) handling comes with the templates; until then, note and ignore.
-        for u in upcalls:
-            self.log.debug(f"{u.kind} upcall: multicast from {addr(u.source)} to"
-                           f" group {addr(u.group)} on VIF {u.vif}")
+        self.upcalls.extend(upcalls)
+        if self.upcall_task is None or self.upcall_task.done():
+            self.upcall_task = self.spawn(self.handle_upcalls())
+
+    async def handle_upcalls(self) -> None:
+        """Install a learned route or a stop filter per new flow, in batches."""
+        loop = asyncio.get_running_loop()
+        while self.upcalls:
+            batch = [self.upcalls.popleft()
+                     for _ in range(min(UPCALL_BATCH, len(self.upcalls)))]
+            async with self.kernel_lock:
+                now = loop.time()
+                flows = self.state.flows
+                decisions = flows.decide(batch, now, self.state.vif_name, self.mfc)
+                if not decisions:
+                    continue
+                ch = self.channel
+                reqs = [AddMfc(ch.next_id(), d.mfc.key.family, d.mfc.key.source,
+                               d.mfc.key.group, d.mfc.iif, d.mfc.oifs) for d in decisions]
+                try:
+                    replies = await ch.call(reqs)
+                except HelperLost:
+                    return
+                for d, req, reply in zip(decisions, reqs, replies, strict=True):
+                    self.state.record(req, d.mfc, reply)
+                    if not reply.get("ok"):
+                        continue
+                    flows.installed(d, now)
+                    if d.rule is None:
+                        continue
+                    if d.moved_from is not None:
+                        word = "WRONGVIF" if d.mfc.key.family == 4 else "WRONGMIF"
+                        self.log.notice(f"Moved {sg(d.mfc.key)} inbound to {d.flow.iif}"
+                                        f" after {word}")
+                    if self.script:
+                        self.script.run("install", addr(d.mfc.key.source),
+                                        addr(d.mfc.key.group))
+
+    def expiry_period(self) -> float:
+        """Sample often enough that an idle flow goes within ~10% of -c."""
+        c = self.opts.cache_timeout
+        return max(1.0, c / 10) if c > 0 else 5.0
+
+    async def expiry_loop(self) -> None:
+        period = self.expiry_period()
+        while True:
+            await asyncio.sleep(period)
+            if self.opts.cache_timeout > 0:
+                self.log.debug("Cache timeout, checking for unused (*,G) routes")
+            try:
+                await self.expire(float(max(self.opts.cache_timeout, 0)))
+            except HelperLost:
+                return
+
+    async def expire(self, max_idle: float) -> int:
+        """Remove flows idle for max_idle seconds (and expired budget stop
+        filters); 0 checks budget stop filters only. Returns how many went."""
+        async with self.kernel_lock:
+            flows = self.state.flows
+            keys = list(flows.flows)
+            if not keys:
+                return 0
+            ch = self.channel
+            replies = await ch.call([SgCount(ch.next_id(), k.family, k.source, k.group)
+                                     for k in keys])
+            counts = {k: r["packets"] - r["wrong_if"]
+                      for k, r in zip(keys, replies, strict=True) if r.get("ok")}
+            gone = flows.expired(counts, asyncio.get_running_loop().time(), max_idle)
+            await self.remove_flows(gone)
+            return len(gone)
+
+    async def flush(self) -> int:
+        """Remove every learned route and stop filter now (smcroutectl flush)."""
+        async with self.kernel_lock:
+            keys = list(self.state.flows.flows)
+            await self.remove_flows(keys)
+            return len(keys)
+
+    async def remove_flows(self, keys: list[MfcKey]) -> None:
+        entries = tuple(self.mfc[k] for k in keys if k in self.mfc)
+        if entries:
+            for m in entries:
+                self.log.debug(f"Removing (*,G) flow {sg(m.key)} from {m.iif_name}")
+            await self.apply(engine.Changes(del_mfc=entries))
+        self.state.flows.forget(keys)
+

@@ -17,6 +17,8 @@ from smcroute.unprivileged import texts
 from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
+# Our extensions are long options only: SMCRoute's letters keep their meaning.
+LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=")
 PROG = "smcrouted"
 EX_USAGE = 64
 
@@ -47,6 +49,9 @@ class Options:
     syslog_votes: int = 1  # -n decrements, -s increments (order-independent)
     table: int = 0
     sock: str | None = None
+    max_learned: int = 50_000  # learned (*,G) routes in total; stop filters too
+    max_learned_per_rule: int = 20_000
+    upcall_rate: int = 10_000  # kernel upcalls handled per second (burst the same)
     extra: tuple[str, ...] = field(default=())
 
     @property
@@ -110,7 +115,7 @@ def parse(argv: list[str]) -> Options:
     opts = Options()
     extra: list[str] = []
     try:
-        for flag, value in getopt(argv, OPTSTRING, extra):
+        for flag, value in getopt(argv, OPTSTRING, extra, LONGOPTS):
             opts = _apply(opts, flag, value)
     except OptError as exc:
         raise _fail_usage(exc.message(), opts) from None
@@ -170,4 +175,8 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
         case "-v":
             sys.stdout.write(texts.version_text())
             raise Exit(0)
+        case "--max-learned" | "--max-learned-per-rule" | "--upcall-rate":
+            if not value.isdigit() or int(value) < 1:
+                raise _fail_usage(f"{flag} needs a positive integer, not '{value}'", opts)
+            opts = replace(opts, **{flag[2:].replace("-", "_"): int(value)})
     return opts

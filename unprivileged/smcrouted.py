@@ -178,7 +178,7 @@ def run(opts: options.Options, level: int,
 
     real = real_log(opts, level)
     log.replay(real)
-    booted.state.log = real
+    booted.state.use_logger(real)
     controller = Controller(opts, real, helper, booted, pidfile)
     return asyncio.run(controller.run(early.received))
 

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, Request
 from smcroute.unprivileged import engine
 from smcroute.unprivileged.config import read_config
+from smcroute.unprivileged.flows import FlowTable, Limits
 from smcroute.unprivileged.interfaces import read_interfaces
+from smcroute.unprivileged.levels import PRIORITY
 from smcroute.unprivileged.model import Diagnostic, Mfc, MfcKey, Pending, Vif
 from smcroute.unprivileged.options import Options
 
@@ -64,15 +66,33 @@ def load_plan(opts: Options, log: Logger, installed: Mapping[Any, Vif],
     return target
 
 
+def limits(opts: Options) -> Limits:
+    return Limits(opts.max_learned, opts.max_learned_per_rule, opts.upcall_rate,
+                  float(opts.cache_timeout) if opts.cache_timeout > 0 else 60.0)
+
+
 class RouteState:
-    def __init__(self, log: Logger, debug: bool = False) -> None:
+    def __init__(self, log: Logger, level: int = PRIORITY["notice"],
+                 budget: Limits | None = None) -> None:
         self.log = log
-        self.debug = debug  # per-route debug lines cost more than the kernel calls
+        # per-route debug lines cost more than the kernel calls: format only when shown
+        self.debug = level >= PRIORITY["debug"]
         self.vifs: dict[tuple[int, int], Vif] = {}  # (family, slot) -> VIF we installed
         self.mfc: dict[MfcKey, Mfc] = {}
         self.pending: list[Pending] = []
+        self.flows = FlowTable(log, budget or Limits(), verbose=level >= PRIORITY["info"])
+
+    def use_logger(self, log: Logger) -> None:
+        """The real logger replaces the start-up one."""
+        self.log = self.flows.log = log
+
+    def vif_name(self, family: int, slot: int) -> str | None:
+        vif = self.vifs.get((family, slot))
+        return vif.name if vif else None
 
     def changes(self, target: engine.Plan) -> engine.Changes:
+        """What to send so the kernel holds target (with the learned flows)."""
+        self.flows.replan(target)
         for p in target.pending:
             if p not in self.pending:
                 self.log.notice(pending_text(p))
@@ -140,6 +160,11 @@ class RouteState:
                 self.log.debug(f"Del {sg(obj.key)} from {obj.iif_name}")
             else:
                 self.log.debug(f"failed removing multicast route {sg(obj.key)}: {error}")
+
+    def adopt(self, target: engine.Plan, now: float) -> None:
+        """After applying changes(target): names, templates and flows follow it."""
+        self.adopt_names(target)
+        self.flows.adopt(self.mfc, now)
 
     def adopt_names(self, target: engine.Plan) -> None:
         """Unchanged kernel objects take the target's names (interface renames)."""

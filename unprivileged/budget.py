@@ -1,0 +1,47 @@
+"""Budgets for kernel upcalls: how fast, and how many learned routes.
+
+A flood of new (S,G) (spoofed sources, a scan) must not make the daemon
+unresponsive or let the MFC grow without bound. Pure and clock-injected.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBucket:
+    """rate per second, bursts up to capacity."""
+
+    rate: float
+    capacity: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def take(self, now: float) -> bool:
+        if self.tokens < 0:  # first use: full
+            self.tokens, self.stamp = self.capacity, now
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class Throttle:
+    """Say something at most once per interval, with how often it happened."""
+
+    interval: float = 10.0
+    last: dict[str, float] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def hit(self, what: str, now: float) -> int:
+        """Count one occurrence; return how many to report now (0: stay quiet)."""
+        self.counts[what] += 1
+        if now - self.last.get(what, -self.interval) < self.interval:
+            return 0
+        self.last[what] = now
+        return self.counts.pop(what)

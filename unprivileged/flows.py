@@ -1,0 +1,212 @@
+"""Learned (*,G) routes and stop filters: upcall decisions, budgets, expiry.
+
+No asyncio and no I/O: the controller feeds upcalls, counters and the
+clock in, and sends the resulting MFC changes to the helper.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from smcroute.ipc.helper import Upcall
+from smcroute.unprivileged import learn
+from smcroute.unprivileged.budget import Throttle, TokenBucket
+from smcroute.unprivileged.engine import Plan
+from smcroute.unprivileged.learn import Flow, Templates
+from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Vif
+
+if TYPE_CHECKING:
+    from smcroute.unprivileged.log import Logger
+
+
+@dataclass(frozen=True)
+class Decision:
+    flow: Flow
+    mfc: Mfc
+    rule: Mroute | None  # the template that matched; None for a stop filter
+    moved_from: str | None = None  # WRONGVIF: the inbound interface it had
+
+
+@dataclass
+class Activity:
+    created: float
+    changed: float
+    count: int | None = None  # valid packets (packets - wrong_if) at the last sample
+
+
+@dataclass
+class Limits:
+    max_learned: int = 50_000
+    max_per_rule: int = 20_000
+    upcall_rate: int = 10_000
+    budget_stop_lifetime: float = 60.0
+
+
+def _text(key: MfcKey) -> tuple[str, str]:
+    import ipaddress
+
+    return str(ipaddress.ip_address(key.source)), str(ipaddress.ip_address(key.group))
+
+
+@dataclass
+class FlowTable:
+    log: Logger
+    limits: Limits = field(default_factory=Limits)
+    verbose: bool = False  # per-upcall info lines (formatting them costs)
+    flows: dict[MfcKey, Flow] = field(default_factory=dict)
+    rules: dict[MfcKey, Mroute] = field(default_factory=dict)  # learned flow -> its template
+    activity: dict[MfcKey, Activity] = field(default_factory=dict)
+    templates: Templates = field(default_factory=lambda: Templates([]))
+    vifs_by_name: dict[tuple[int, str], Vif] = field(default_factory=dict)
+    throttle: Throttle = field(default_factory=Throttle)
+    _next: dict[MfcKey, Flow] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.bucket = TokenBucket(self.limits.upcall_rate, self.limits.upcall_rate)
+
+    # -- plans (startup, reload) -------------------------------------------
+
+    def replan(self, target: Plan) -> None:
+        """Carry the flows into target (adds their MFC entries to it)."""
+        self._next = learn.replan(target, self.flows)
+        self._target = target
+
+    def adopt(self, installed: Mapping[MfcKey, Mfc], now: float) -> None:
+        """After the kernel took target: keep what it holds."""
+        self.templates = Templates(self._target.templates)
+        self.vifs_by_name = dict(self._target.vifs)
+        self.flows = {k: f for k, f in self._next.items() if k in installed}
+        self.rules = {}
+        for key, flow in self.flows.items():
+            if not flow.stop:
+                route = self.templates.match(key.family, flow.iif, key.source, key.group)
+                if route is not None:
+                    self.rules[key] = route.rule
+        self.activity = {k: self.activity.get(k) or Activity(now, now) for k in self.flows}
+
+    # -- upcalls -----------------------------------------------------------
+
+    def decide(self, upcalls: Iterable[Upcall], now: float,
+               vif_name: Callable[[int, int], str | None],
+               installed: Mapping[MfcKey, Mfc]) -> list[Decision]:
+        """What to install for a batch of upcalls (duplicates dropped)."""
+        learned = Counter(self.rules.values())
+        total = len(self.rules)
+        stops = len(self.flows) - total
+        out: list[Decision] = []
+        seen: set[MfcKey] = set()
+        for u in upcalls:
+            key = MfcKey(u.family, u.source, u.group)
+            if key in seen:
+                continue
+            seen.add(key)
+            iif = vif_name(u.family, u.vif)
+            if iif is None:
+                self._quiet("novif", f"No matching interface for VIF {u.vif}, cannot handle"
+                                     f" {u.kind} upcalls", now)
+                continue
+            if u.kind == "wrongvif":
+                moved = self._wrongvif(key, iif, installed)
+                if moved:
+                    out.append(moved)
+                continue
+            if u.kind != "nocache":
+                s, g = _text(key)
+                self._quiet("pim", f"Receiving PIM register data from {s}, group {g}", now)
+                continue
+            if key in installed:
+                continue  # an upcall that was queued before we installed it
+            if not self.bucket.take(now):
+                self._quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
+                                    " new flows ignored for now", now)
+                continue
+            route = self.templates.match(key.family, iif, key.source, key.group)
+            budget = False
+            if route is not None and (total >= self.limits.max_learned
+                                      or learned[route.rule] >= self.limits.max_per_rule):
+                self._quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
+                                       " new flows get expiring stop filters", now)
+                route, budget = None, True
+            if route is None and stops >= self.limits.max_learned:
+                self._quiet("stops", f"stop filter budget of {self.limits.max_learned}"
+                                     " exhausted: new flows ignored for now", now)
+                continue
+            flow = learn.Flow(key, iif, stop=route is None, budget=budget)
+            if route is None:
+                stops += 1
+                if self.verbose and not budget:
+                    s, g = _text(key)
+                    self.log.info(f"Multicast from {s}, group {g}, on {iif} does not match"
+                                  " any (*,G) rule")
+            else:
+                total += 1
+                learned[route.rule] += 1
+            out.append(Decision(flow, learn.entry(flow, route, self.vifs_by_name),
+                                route.rule if route else None))
+        return out
+
+    def _wrongvif(self, key: MfcKey, iif: str, installed: Mapping[MfcKey, Mfc]
+                  ) -> Decision | None:
+        """Traffic of a learned (S,G) arrives on another interface: move it
+        there if a rule allows it. Configured (S,G) routes are not moved."""
+        flow = self.flows.get(key)
+        word = "WRONGVIF" if key.family == 4 else "WRONGMIF"
+        if flow is None or flow.iif == iif:
+            if self.verbose:
+                s, g = _text(key)
+                self.log.info(f"Multicast from {s}, group {g} on wrong VIF, iface {iif}"
+                              f" ({word}), not a learned route: left alone")
+            return None
+        route = self.templates.match(key.family, iif, key.source, key.group)
+        if route is None:
+            if self.verbose:
+                s, g = _text(key)
+                self.log.info(f"Multicast from {s}, group {g} on wrong VIF, iface {iif}")
+            return None
+        new = learn.Flow(key, iif, stop=False)
+        return Decision(new, learn.entry(new, route, self.vifs_by_name), route.rule,
+                        moved_from=flow.iif)
+
+    def installed(self, d: Decision, now: float) -> None:
+        """The kernel took the decision's entry."""
+        key = d.flow.key
+        self.flows[key] = d.flow
+        if d.rule is not None:
+            self.rules[key] = d.rule
+        else:
+            self.rules.pop(key, None)
+        self.activity[key] = Activity(now, now)
+
+    # -- expiry ------------------------------------------------------------
+
+    def expired(self, counts: Mapping[MfcKey, int], now: float, max_idle: float) -> list[MfcKey]:
+        """Flows to remove: idle (valid packet count unchanged) for max_idle
+        seconds, or budget stop filters past their lifetime."""
+        gone = []
+        for key, flow in self.flows.items():
+            act = self.activity.setdefault(key, Activity(now, now))
+            count = counts.get(key)
+            if count is not None and act.count is not None and count != act.count:
+                act.changed = now
+            if count is not None:
+                act.count = count
+            if flow.budget:
+                if now - act.created >= self.limits.budget_stop_lifetime:
+                    gone.append(key)
+            elif max_idle > 0 and now - act.changed >= max_idle:
+                gone.append(key)
+        return gone
+
+    def forget(self, keys: Iterable[MfcKey]) -> None:
+        for key in keys:
+            self.flows.pop(key, None)
+            self.rules.pop(key, None)
+            self.activity.pop(key, None)
+
+    def _quiet(self, what: str, text: str, now: float) -> None:
+        if n := self.throttle.hit(what, now):
+            self.log.warning(text + (f" ({n} times)" if n > 1 else ""))
+

@@ -1,0 +1,89 @@
+"""(*,G) templates: which rule a kernel upcall matches, and what to install.
+
+Pure functions over value objects. A flow is an (S,G) the kernel asked
+about on one inbound interface: a template (source-less or range rule)
+that matches it, first in config order, gives it that rule's OIFs (a
+learned route); otherwise it gets a stop filter, an entry without OIFs, so
+the kernel stops asking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from smcroute.unprivileged.engine import Plan, Route
+from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif
+
+
+@dataclass(frozen=True)
+class Flow:
+    key: MfcKey
+    iif: str  # the interface it arrived on
+    stop: bool  # True: a stop filter (no OIFs)
+    budget: bool = False  # a stop filter because a budget was exhausted: it expires
+
+
+def _net(prefix: Prefix | None) -> tuple[int, int]:
+    """(network, mask) as integers; (0, 0) matches everything."""
+    if prefix is None:
+        return 0, 0
+    bits = prefix.max_length
+    mask = ((1 << prefix.length) - 1) << (bits - prefix.length)
+    return int(prefix.address) & mask, mask
+
+
+class Templates:
+    """Template routes in config order, compiled for a fast first match."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+        self._compiled = [(r, r.rule.family, r.iif, *_net(r.rule.group), *_net(r.rule.source))
+                          for r in routes]
+
+    def match(self, family: int, iif: str, source: bytes, group: bytes) -> Route | None:
+        """The first template for this inbound interface covering (S,G)."""
+        s = int.from_bytes(source, "big")
+        g = int.from_bytes(group, "big")
+        for route, fam, rif, gnet, gmask, snet, smask in self._compiled:
+            if fam == family and rif == iif and g & gmask == gnet and s & smask == snet:
+                return route
+        return None
+
+
+def entry(flow: Flow, route: Route | None, vifs: Mapping[tuple[int, str], Vif]) -> Mfc:
+    """The MFC entry for a flow: the rule's OIFs, or none for a stop filter."""
+    family = flow.key.family
+    oifs = {} if route is None else route.oifs
+    return Mfc(flow.key, vifs[(family, flow.iif)].vif,
+               tuple(sorted((vifs[(family, n)].vif, ttl) for n, ttl in oifs.items())),
+               flow.iif, tuple(oifs), route.rule.where if route else None)
+
+
+def decide(templates: Templates, vifs: Mapping[tuple[int, str], Vif], key: MfcKey,
+           iif: str) -> tuple[Flow, Mfc, Route | None]:
+    """A new flow from an upcall: learned route if a template matches, else stop filter."""
+    route = templates.match(key.family, iif, key.source, key.group)
+    flow = Flow(key, iif, stop=route is None)
+    return flow, entry(flow, route, vifs), route
+
+
+def replan(target: Plan, flows: Mapping[MfcKey, Flow]) -> dict[MfcKey, Flow]:
+    """Carry the known flows over to a new plan; add their entries to it.
+
+    A configured (S,G) route wins over a flow with the same key. A learned
+    route whose rule is gone goes (new traffic asks again); a stop filter
+    that a new rule covers becomes a learned route; other stop filters stay.
+    """
+    templates = Templates(target.templates)
+    kept: dict[MfcKey, Flow] = {}
+    for key, flow in flows.items():
+        if key in target.mfc or (key.family, flow.iif) not in target.vifs:
+            continue
+        route = templates.match(key.family, flow.iif, key.source, key.group)
+        if route is None and not flow.stop:
+            continue
+        new = Flow(key, flow.iif, stop=route is None, budget=flow.budget and route is None)
+        kept[key] = new
+        target.mfc[key] = entry(new, route, target.vifs)
+    return kept
