@@ -60,11 +60,14 @@ class Refusal(Exception):
 
 
 def _int(msg: dict[str, Any], key: str, lo: int, hi: int) -> int:
-    value = msg[key]
+    return _checked_int(msg[key], key, lo, hi)
+
+
+def _checked_int(value: Any, name: str, lo: int, hi: int) -> int:
     if type(value) is not int:  # bool is a subclass of int: refuse it
-        raise Violation(f"{key} must be an integer, got {type(value).__name__}")
+        raise Violation(f"{name} must be an integer, got {type(value).__name__}")
     if not lo <= value <= hi:
-        raise Violation(f"{key} {value} outside {lo}..{hi}")
+        raise Violation(f"{name} {value} outside {lo}..{hi}")
     return value
 
 
@@ -107,9 +110,8 @@ def _oifs(msg: dict[str, Any], iif: int) -> tuple[tuple[int, int], ...]:
     for item in value:
         if type(item) is not list or len(item) != 2:
             raise Violation("each oif must be a [vif, ttl] pair")
-        pair = {"vif": item[0], "ttl": item[1]}
-        vif = _int(pair, "vif", 0, MAXVIFS - 1)
-        ttl = _int(pair, "ttl", TTL_MIN, TTL_MAX)
+        vif = _checked_int(item[0], "vif", 0, MAXVIFS - 1)
+        ttl = _checked_int(item[1], "ttl", TTL_MIN, TTL_MAX)
         if vif == iif:
             raise Violation(f"oif {vif} is the inbound vif")
         pairs.append((vif, ttl))

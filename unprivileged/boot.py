@@ -59,7 +59,8 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
     channel = BlockingChannel(sock)
     state = RouteState(log, level, limits(opts))
     # Parse and plan while the helper is still starting (it runs on another core).
-    target = load_plan(opts, log, state.vifs, initial=True)
+    loaded = load_plan(opts, log, state.vifs, initial=True)
+    target = loaded.target
     try:
         (hello,) = channel.call([Hello(channel.next_id())])
         log.debug("mrouter helper ready", helper_pid=hello.get("pid"),
@@ -71,6 +72,7 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
             todo = state.requests(state.changes(target), channel.next_id)
             state.record_all(todo, channel.call([req for req, _ in todo]))
             state.adopt(target, time.monotonic())
+            state.directives = loaded.config.directives
     except HelperLost as exc:
         report_helper_lost(log, helper, str(exc))
         return None

@@ -165,37 +165,41 @@ def _phyint(line: _Line) -> Phyint | None:
                   bool(found.get("mrdisc")), _threshold(line, ifname, found.get("ttl-threshold")))
 
 
-def _addresses(line: _Line, found: dict[str, object], what: str
-               ) -> tuple[Prefix | None, Prefix] | None:
-    """Source and group of an mroute/mgroup line; None (warned) if unusable.
+def addresses(source_text: str | None, group_text: str,
+              what: str) -> tuple[Prefix | None, Prefix]:
+    """Source (None: any) and group of a route or join; ConfigError if unusable.
 
-    Invalid addresses and prefix lengths are warnings that skip the line, as
-    in SMCRoute; mixed families and multicast sources are skipped too.
+    Also used for smcroutectl's add/remove/join/leave arguments.
     """
-    group_text = str(found["group"])
-    try:
-        group = parse_prefix(group_text, "multicast group")
-        source = None
-        if "source" in found:
-            source = parse_prefix(str(found["source"]), "source")
-    except ConfigError as exc:
-        line.warn(f"{what}: {exc}, skipping line")
-        return None
+    group = parse_prefix(group_text, "multicast group")
+    source = None if source_text is None else parse_prefix(source_text, "source")
     if not group.address.is_multicast:
-        line.warn(f"{what}: Invalid multicast group: {group_text}, skipping line")
-        return None
+        raise ConfigError(f"{what}: Invalid multicast group: {group_text}")
     if source is None:
         return None, group
     if source.family != group.family:
-        line.warn(f"{what}: source {source} and group {group} are of different address"
-                  " families, skipping line")
-        return None
+        raise ConfigError(f"{what}: source {source} and group {group} are of different"
+                          " address families")
     if source.address.is_unspecified:
         return None, group  # source 0.0.0.0 / :: is the same as no source
     if source.address.is_multicast or str(source.address) == "255.255.255.255":
-        line.warn(f"{what}: Invalid source address: {source}, skipping line")
-        return None
+        raise ConfigError(f"{what}: Invalid source address: {source}")
     return source, group
+
+
+def _addresses(line: _Line, found: dict[str, object], what: str
+               ) -> tuple[Prefix | None, Prefix] | None:
+    """addresses() of a config line; None (warned) if unusable: invalid
+    addresses skip the line with a warning, as in SMCRoute."""
+    source = found.get("source")
+    try:
+        return addresses(None if source is None else str(source), str(found["group"]), what)
+    except ConfigError as exc:
+        message = str(exc)
+        if not message.startswith(f"{what}: "):
+            message = f"{what}: {message}"
+        line.warn(f"{message}, skipping line")
+        return None
 
 
 def _required(found: dict[str, object], what: str) -> str:

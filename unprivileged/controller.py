@@ -5,23 +5,30 @@ the helper. It holds no privilege at all."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import subprocess
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
+from smcroute.ipc.control import ControlRequest, reply
 from smcroute.ipc.helper import AddMfc, SgCount, Upcall
-from smcroute.unprivileged import engine
+from smcroute.policy.control import Access, Peer
+from smcroute.unprivileged import engine, show
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
 from smcroute.unprivileged.channel import HelperLost
 from smcroute.unprivileged.channel_async import HelperChannel
+from smcroute.unprivileged.commands import IPC, CommandError, add_rule, remove_rule, route_from_args
+from smcroute.unprivileged.ctlserver import ControlServer
+from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger
-from smcroute.unprivileged.model import Mfc, MfcKey, Vif
+from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mroute, Vif
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
 from smcroute.unprivileged.script import ActionScript, usable
-from smcroute.unprivileged.state import addr, load_plan, sg
+from smcroute.unprivileged.state import addr, load_plan, log_diagnostic, sg
 
 UPCALL_BATCH = 4096
 UPCALL_QUEUE = 65_536  # beyond this, upcalls are dropped (the kernel asks again)
@@ -29,8 +36,11 @@ UPCALL_QUEUE = 65_536  # beyond this, upcalls are dropped (the kernel asks again
 
 class Controller:
     def __init__(self, opts: Options, log: Logger, helper: subprocess.Popen[bytes],
-                 booted: Booted, pidfile: PidFile | None) -> None:
+                 booted: Booted, pidfile: PidFile | None,
+                 control: tuple[socket.socket, Access] | None = None) -> None:
         self.opts = opts
+        self.control_socket = control
+        self.kill_requested = False
         self.log = log
         self.helper = helper
         self.booted = booted
@@ -69,6 +79,11 @@ class Controller:
             else:
                 self.log.err(f"{self.opts.script} is not executable.")
         self.spawn(self.expiry_loop())
+        server = None
+        if self.control_socket:
+            sock, access = self.control_socket
+            server = ControlServer(sock, access, self.control, self.refused, self.after_reply)
+            await server.start()
         self.ready()
         if self.booted.applied and self.script:
             self.script.run("reload")
@@ -80,6 +95,9 @@ class Controller:
         if self.opts.exit_delay:
             loop.call_later(self.opts.exit_delay, self.exit_delay_expired)
         await self.stopping.wait()
+        if server:
+            server.close()
+            self.remove_socket_file()
         for task in list(self.tasks):
             task.cancel()
         if self.script:
@@ -92,6 +110,15 @@ class Controller:
             self.log.notice(why)
         self.log.notice("Exiting.")
         return self.exit_status
+
+    def remove_socket_file(self) -> None:
+        path = self.opts.sock_path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # the dropped user may not write the directory
+            self.log.notice(f"Cannot remove IPC socket {path}: {exc.strerror}")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -114,22 +141,25 @@ class Controller:
         self.log.notice("Exit delay timer expired.")
         self.stopping.set()
 
-    async def reload(self) -> bool:
+    async def reload(self) -> tuple[bool, list[str]]:
         """Re-read the config; the kernel ends up holding exactly it (plus
-        the learned flows it still covers), or nothing changes."""
+        the learned flows it still covers), or nothing changes. Returns
+        whether it was applied, and the errors that stopped it."""
         self.log.notice("Reloading configuration, please wait ...")
         async with self.kernel_lock:
-            target = load_plan(self.opts, self.log, self.vifs, initial=False)
+            loaded = load_plan(self.opts, self.log, self.vifs, initial=False)
+            target = loaded.target
             try:
                 if target is not None:
                     await self.apply(self.state.changes(target))
                     self.state.adopt(target, asyncio.get_running_loop().time())
+                    self.state.directives = loaded.config.directives
             except HelperLost:
-                return False
+                return False, ["the mrouter helper is gone"]
         if target is not None and self.script:
             self.script.run("reload")
         self.ready()
-        return target is not None
+        return target is not None, loaded.errors
 
     async def teardown(self) -> None:
         """Remove every route and VIF we installed, then let the helper go."""
@@ -152,11 +182,13 @@ class Controller:
 
     # -- kernel -------------------------------------------------------------
 
-    async def apply(self, changes: engine.Changes) -> None:
-        """Send the changes as one batch; record what the kernel accepted."""
+    async def apply(self, changes: engine.Changes) -> dict[MfcKey, str]:
+        """Send the changes as one batch; record what the kernel accepted.
+        Returns the MFC entries it refused, with the reason."""
         todo = self.state.requests(changes, self.channel.next_id)
-        if todo:
-            self.state.record_all(todo, await self.channel.call([req for req, _ in todo]))
+        if not todo:
+            return {}
+        return self.state.record_all(todo, await self.channel.call([req for req, _ in todo]))
 
     # -- (*,G): upcalls, expiry, flush ---------------------------------------
 
@@ -247,3 +279,126 @@ class Controller:
             await self.apply(engine.Changes(del_mfc=entries))
         self.state.flows.forget(keys)
 
+
+    # -- control socket ------------------------------------------------------
+
+    def audit(self, peer: Peer, command: str, args: tuple[str, ...], result: str) -> None:
+        self.log.notice("control request", peer_uid=peer.uid, peer_gid=peer.gid,
+                        peer_pid=peer.pid, command=command, args=" ".join(args) or "-",
+                        result=result)
+
+    def refused(self, peer: Peer, command: str, reason: str) -> None:
+        self.audit(peer, command, (), f"refused: {reason}")
+
+    def after_reply(self) -> None:
+        if self.kill_requested:
+            self.stopping.set()
+
+    async def control(self, peer: Peer, reqs: list[ControlRequest]) -> list[dict[str, Any]]:
+        """Replies to a batch of requests, in order; consecutive route edits
+        are applied together (one plan, one helper batch)."""
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < len(reqs):
+            j = i
+            while j < len(reqs) and reqs[j].cmd in ("add", "remove"):
+                j += 1
+            if j > i:
+                out += await self.edit_routes(peer, reqs[i:j])
+                i = j
+                continue
+            out.append(await self.control_one(peer, reqs[i]))
+            i += 1
+        return out
+
+    async def control_one(self, peer: Peer, req: ControlRequest) -> dict[str, Any]:
+        if req.cmd == "show":
+            return reply(True, "\n".join(await self.show(req)))
+        if req.cmd == "reload":
+            ok, errors = await self.reload()
+            text = "\n".join(errors) if errors else ("" if ok else "reload failed")
+        elif req.cmd == "flush":
+            ok, text = True, ""
+            await self.flush()
+        elif req.cmd == "kill":
+            ok, text = True, ""
+            self.kill_requested = True
+        else:  # join, leave
+            ok, text = False, f"{req.cmd}: group membership is not supported yet"
+        self.audit(peer, req.cmd, req.args, "ok" if ok else text.replace("\n", "; "))
+        return reply(ok, text)
+
+    async def edit_routes(self, peer: Peer, reqs: list[ControlRequest]) -> list[dict[str, Any]]:
+        """smcroutectl add/remove: edit the rules, then one plan for all of them."""
+        results: list[Mroute | str] = []
+        async with self.kernel_lock:
+            directives = self.state.directives
+            interfaces = read_interfaces()
+            for req in reqs:
+                try:
+                    rule = route_from_args(req.args)
+                    if req.cmd == "add":
+                        if not engine.match(rule.iif, interfaces):
+                            raise CommandError(f"ipc: mroute: inbound {rule.iif} is not a"
+                                               " known phyint")
+                        directives = add_rule(directives, rule)
+                    else:
+                        directives = remove_rule(directives, rule)
+                    results.append(rule)
+                except CommandError as exc:
+                    results.append(str(exc))
+            target = engine.plan(Config(directives), interfaces, self.vifs,
+                                 default_enable=not self.opts.no_vifs)
+            for d in target.diagnostics:
+                if d.where == IPC:
+                    log_diagnostic(self.log, d)
+            try:
+                failed = await self.apply(self.state.changes(target))
+            except HelperLost:
+                failed = {}
+            self.state.adopt(target, asyncio.get_running_loop().time())
+            self.state.directives = directives
+        out = []
+        for req, result in zip(reqs, results, strict=True):
+            text = result if isinstance(result, str) else self.kernel_refusal(result, failed)
+            self.audit(peer, req.cmd, req.args, text or "ok")
+            out.append(reply(not text, text))
+        return out
+
+    @staticmethod
+    def kernel_refusal(rule: Mroute, failed: dict[MfcKey, str]) -> str:
+        if not failed or rule.source is None or not rule.is_ssm:
+            return ""
+        key = MfcKey(rule.family, rule.source.address.packed, rule.group.address.packed)
+        if key in failed:
+            return f"failed adding multicast route ({rule.source}, {rule.group}): {failed[key]}"
+        return ""
+
+    async def show(self, req: ControlRequest) -> list[str]:
+        what = req.args[0][:1] if req.args else "r"
+        if what == "g":
+            return show.groups(req.json)
+        if what == "i":
+            return show.interfaces(read_interfaces().values(), self.vifs.values(), req.json)
+        if what == "p":
+            return show.pending(self.state.pending, req.json)
+        target = self.state.target
+        view = show.RouteView(target.templates if target else [], target.ssm if target else [],
+                              list(self.mfc.values()),
+                              {(v.family, v.vif): v.name for v in self.vifs.values()})
+        if req.json:
+            return show.routes_json(view)
+        counters = None
+        if req.detail:
+            counters = await self.counters([*self.mfc, *(
+                MfcKey(r.rule.family, r.rule.source.address.packed, r.rule.group.address.packed)
+                for r in view.ssm if r.rule.source is not None)])
+        return show.routes(view, read_interfaces(), req.detail, counters)
+
+    async def counters(self, keys: list[MfcKey]) -> show.Counters:
+        ch = self.channel
+        replies = await ch.call([SgCount(ch.next_id(), k.family, k.source, k.group)
+                                 for k in keys])
+        table = {k: (r["packets"], r["bytes"]) for k, r in zip(keys, replies, strict=True)
+                 if r.get("ok")}
+        return lambda key: table.get(key, (0, 0))

@@ -51,6 +51,7 @@ class Plan:
     vifs: dict[tuple[int, str], Vif] = field(default_factory=dict)
     mfc: dict[MfcKey, Mfc] = field(default_factory=dict)
     templates: list[Route] = field(default_factory=list)  # (*,G) and range rules
+    ssm: list[Route] = field(default_factory=list)  # (S,G) rules, before merging into mfc
     pending: list[Pending] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
@@ -120,6 +121,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
 
     for route in routes:
         if route.rule.is_ssm:
+            out.ssm.append(route)
             _add_route(out, route)
         else:
             out.templates.append(route)

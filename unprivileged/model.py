@@ -10,13 +10,16 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class Where:
-    """A place in the configuration: file and 1-based line number."""
+    """A place in the configuration: file and 1-based line number.
+
+    Line 0 names a source without lines, e.g. "ipc" for smcroutectl.
+    """
 
     file: str
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file} line {self.line}"
+        return f"{self.file} line {self.line}" if self.line else self.file
 
 
 @dataclass(frozen=True)

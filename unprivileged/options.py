@@ -18,7 +18,8 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
-LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=")
+LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",
+            "readonly-group=")
 PROG = "smcrouted"
 EX_USAGE = 64
 
@@ -52,6 +53,8 @@ class Options:
     max_learned: int = 50_000  # learned (*,G) routes in total; stop filters too
     max_learned_per_rule: int = 20_000
     upcall_rate: int = 10_000  # kernel upcalls handled per second (burst the same)
+    socket_group: int | None = None  # full access to the control socket (default: -p group)
+    readonly_group: int | None = None  # may only "show"
     extra: tuple[str, ...] = field(default=())
 
     @property
@@ -175,6 +178,14 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
         case "-v":
             sys.stdout.write(texts.version_text())
             raise Exit(0)
+        case "--socket-group" | "--readonly-group":
+            try:
+                gid = grp.getgrnam(value).gr_gid
+            except KeyError:
+                print(f"{PROG}: Invalid {flag} argument: no such group {value!r}",
+                      file=sys.stderr)
+                raise Exit(1) from None
+            opts = replace(opts, **{flag[2:].replace("-", "_"): gid})
         case "--max-learned" | "--max-learned-per-rule" | "--upcall-rate":
             if not value.isdigit() or int(value) < 1:
                 raise _fail_usage(f"{flag} needs a positive integer, not '{value}'", opts)

@@ -1,62 +1,272 @@
-"""smcroutectl: the control client (SPEC 1.4-1.6).
+"""smcroutectl: the control client (SPEC 1.4-1.6, 3.6, 4.2).
 
-This version knows SMCRoute's options and command words, prints help and
-version; talking to the daemon over the control socket is not there yet,
-and every daemon command says so (exit 1) instead of pretending.
+Kept light on purpose (standard library and msgpack; no asyncio, structlog
+or pyroute2): it starts for every command.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from smcroute.ipc.codec import DecodeError
+from smcroute.ipc.control import ControlRequest
+from smcroute.ipc.stream import FrameDecoder, encode_frame
 from smcroute.unprivileged import texts
 from smcroute.unprivileged.cmdline import OptError, getopt
 
+PROG = "smcroutectl"
 OPTSTRING = "bdhI:i:jptu:v"
-COMMANDS = ("help", "version", "flush", "kill", "reload", "restart", "show", "add", "remove",
-            "del", "join", "leave")
+# (word, minimum arguments, help text, example), in SMCRoute's order: it
+# decides abbreviations ("r" is reload, not remove).
+COMMANDS = (
+    ("help", 0, "Show help text", ""),
+    ("version", 0, "Show program version and support information", ""),
+    ("flush", 0, "Flush all dynamically installed (*,G) multicast routes", ""),
+    ("kill", 0, "Kill running daemon", ""),
+    ("reload", 0, "Reload .conf file, like SIGHUP", ""),
+    ("restart", 0, "Reload .conf file, like SIGHUP", ""),
+    ("show", 0, "Show status of routes, joined groups, interfaces, etc.", ""),
+    ("add", 3, "Add a multicast route", "eth0 192.168.2.42 225.1.2.3 eth1 eth2"),
+    ("remove", 2, "Remove a multicast route", "eth0 192.168.2.42 225.1.2.3"),
+    ("del", 2, "Remove a multicast route", "eth0 192.168.2.42 225.1.2.3"),
+    ("join", 2, "Join multicast group on an interface", "eth0 225.1.2.3"),
+    ("leave", 2, "Leave joined multicast group", "eth0 225.1.2.3"),
+)
+ALIASES = {"del": "remove", "restart": "reload"}
+RETRIES = 30  # connection refused (stale socket file): 100 ms apart
 
 
-def command_word(word: str) -> str | None:
-    """SMCRoute's abbreviation rule: first table row sharing min(len) chars."""
-    for name in COMMANDS:
-        n = min(len(name), len(word))
-        if name[:n] == word[:n]:
-            return name
+class Failure(Exception):
+    """Print to stderr (prefixed), exit 1."""
+
+
+@dataclass
+class Settings:
+    batch: bool = False
+    detail: bool = False
+    json: bool = False
+    help: bool = False
+    plain: bool = False
+    no_headings: bool = False
+    ident: str = texts.DEFAULT_IDENT
+    sock: str | None = None
+    words: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return self.sock or f"{texts.RUNSTATEDIR}/{self.ident}.sock"
+
+
+def lookup(word: str) -> tuple[str, int, str, str] | None:
+    """SMCRoute's rule: the first row sharing min(len(row), len(word)) chars."""
+    for row in COMMANDS:
+        n = min(len(row[0]), len(word))
+        if row[0][:n] == word[:n]:
+            return row
     return None
+
+
+def command_help(row: tuple[str, int, str, str]) -> str:
+    name = ALIASES.get(row[0], row[0])
+    real = next(r for r in COMMANDS if r[0] == name)
+    return f"Help:\n  {real[2]}\n\nExample:\n  {PROG} {name} {real[3]}\n\n"
+
+
+# -- connection -----------------------------------------------------------
+
+def connect(settings: Settings) -> socket.socket:
+    path = settings.path
+    for attempt in range(RETRIES):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.ECONNREFUSED and attempt + 1 < RETRIES:
+                time.sleep(0.1)
+                continue
+            if exc.errno == errno.ENOENT and settings.sock is None:
+                raise Failure(f"Cannot find IPC socket {path}\n"
+                              "Daemon may be running with another -i NAME") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise Failure("Need root privileges to connect to daemon") from None
+            if exc.errno == errno.ECONNREFUSED:
+                raise Failure("Daemon not running") from None
+            raise Failure(f"Failed connecting to daemon: {exc.strerror}") from None
+    raise Failure("Daemon not running")
+
+
+def exchange(settings: Settings, requests: list[ControlRequest]) -> list[dict[str, object]]:
+    """Send every request on one connection, return the replies in order."""
+    with connect(settings) as sock:
+        sock.sendall(b"".join(encode_frame(r.to_wire()) for r in requests))
+        decoder = FrameDecoder(limit=64 * 1024 * 64)
+        replies: list[dict[str, object]] = []
+        while len(replies) < len(requests):
+            data = sock.recv(256 * 1024)
+            if not data:
+                break
+            try:
+                replies += decoder.feed(data)
+            except DecodeError as exc:
+                raise Failure(f"garbled reply from the daemon: {exc}") from None
+    if not replies:
+        raise Failure("the daemon closed the connection without a reply")
+    return replies
+
+
+# -- output ---------------------------------------------------------------
+
+def width() -> int:
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except OSError:
+        return 79
+
+
+def render(lines: Iterable[str], settings: Settings) -> str:
+    """SMCRoute's headings: "..._" a title, "...=" a column heading."""
+    out = []
+    for line in lines:
+        marker = line[-1:] if len(line) >= 2 else ""
+        if marker not in ("_", "="):
+            out.append(line + "\n")
+            continue
+        if settings.no_headings:
+            continue
+        text = line[:-1]
+        if settings.plain:
+            bar = (marker if marker == "_" else "=") * max(79, len(text))
+            out.append(f"{bar}\n{text}\n" if marker == "_" else f"{bar}\n{text}\n{bar}\n")
+        elif marker == "_":
+            out.append(f"\033[4m{' ' * width()}\033[0m\n{text}\n")
+        else:
+            out.append(f"\033[7m{text.ljust(width())}\033[0m\n")
+    return "".join(out)
+
+
+# -- commands -------------------------------------------------------------
+
+def parse_words(words: list[str], settings: Settings) -> ControlRequest | str | int:
+    """A request, text to print (help/version), or an exit status."""
+    for i, word in enumerate(words):
+        row = lookup(word)
+        if row is None:
+            continue  # SMCRoute skips words it does not know
+        name = row[0]
+        if name == "help":
+            settings.help = True
+            continue
+        if name == "version":
+            return texts.version_text()
+        args = words[i + 1:]
+        if settings.help:
+            return command_help(row)
+        if len(args) < row[1]:
+            print(f"{PROG}: Not enough arguments to command {name}", file=sys.stderr)
+            sys.stdout.write(command_help(row))
+            return 1
+        return ControlRequest(ALIASES.get(name, name), tuple(args), settings.detail,
+                              settings.json)
+    if settings.help:
+        return texts.SMCROUTECTL_USAGE
+    return ControlRequest("show", (), settings.detail, settings.json)
+
+
+def report(req: ControlRequest, reply: dict[str, object], settings: Settings) -> int:
+    text = str(reply.get("text", ""))
+    if req.cmd == "show" and reply.get("ok"):
+        if text:
+            sys.stdout.write(render(text.split("\n"), settings) + "\n")
+        return 0
+    if reply.get("ok"):
+        return 0
+    lines = text.split("\n") if text else ["failed"]
+    for line in lines if req.cmd == "reload" else lines[:1]:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    return 1
+
+
+def run_batch(settings: Settings) -> int:
+    """-b: one command per line of stdin, all on one connection."""
+    status = 0
+    plan: list[ControlRequest | str | int] = []
+    for raw in sys.stdin:
+        line = raw.rstrip("\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        words = line.split()
+        plan.append(parse_words(words, Settings(**{**settings.__dict__, "help": False})))
+    requests = [p for p in plan if isinstance(p, ControlRequest)]
+    replies = iter(exchange(settings, requests) if requests else [])
+    for item in plan:
+        if isinstance(item, ControlRequest):
+            reply = next(replies, {"ok": False, "text": "no reply from the daemon"})
+            status += report(item, reply, settings)
+        elif isinstance(item, str):
+            sys.stdout.write(item)
+        else:
+            status += item
+    return min(status, 255)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    words: list[str] = []
+    settings = Settings()
     try:
-        flags = {flag for flag, _ in getopt(args, OPTSTRING, words)}
+        for flag, value in getopt(args, OPTSTRING, settings.words):
+            if flag == "-v":
+                sys.stdout.write(texts.version_text())
+                return 0
+            apply_flag(settings, flag, value)
     except OptError as exc:
-        print(f"smcroutectl: {exc.message()}", file=sys.stderr)
+        print(f"{PROG}: {exc.message()}", file=sys.stderr)
         sys.stdout.write(texts.SMCROUTECTL_USAGE)
         return 1
-    if "-v" in flags:
-        sys.stdout.write(texts.version_text())
-        return 0
-    help_flag = "-h" in flags
-    for word in words:
-        cmd = command_word(word)
-        if cmd == "help":
-            help_flag = True
-            continue
-        if cmd == "version":
-            sys.stdout.write(texts.version_text())
+    try:
+        if settings.batch:
+            return run_batch(settings)
+        what = parse_words(settings.words, settings)
+        if isinstance(what, int):
+            return what
+        if isinstance(what, str):
+            sys.stdout.write(what)
             return 0
-        if cmd is not None:
-            break
-    else:
-        cmd = None
-    if help_flag and cmd is None:
-        sys.stdout.write(texts.SMCROUTECTL_USAGE)
-        return 0
-    print(f"smcroutectl: the control socket is not supported yet; cannot run"
-          f" '{cmd or 'show'}'", file=sys.stderr)
-    return 1
+        (reply,) = exchange(settings, [what])[:1]
+        return report(what, reply, settings)
+    except Failure as exc:
+        for line in str(exc).split("\n"):
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+
+
+def apply_flag(settings: Settings, flag: str, value: str) -> None:
+    match flag:
+        case "-b":
+            settings.batch = True
+        case "-d":
+            settings.detail = True
+        case "-h":
+            settings.help = True
+        case "-i" | "-I":
+            settings.ident = value
+        case "-j":
+            settings.json = True
+        case "-p":
+            settings.plain = True
+        case "-t":
+            settings.no_headings = True
+        case "-u":
+            settings.sock = value
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -81,6 +82,38 @@ def raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any] | None:
+    """Bind the control socket while still root: owner the -p user, group the
+    socket group, mode 0660 (0666 when a read-only group needs to connect:
+    every connection is then checked against SO_PEERCRED only)."""
+    from smcroute.policy.control import Access
+
+    user = opts.user
+    uid = user.uid if user else 0
+    group = opts.socket_group if opts.socket_group is not None else (user.gid if user else 0)
+    access = Access(uid, group, opts.readonly_group)
+    path = opts.sock_path
+    if len(path.encode()) > 107:
+        log.warning(f"Too long socket path {path}, max 108 chars: client disabled")
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock.bind(path)
+        os.chown(path, uid, group)
+        os.chmod(path, 0o666 if opts.readonly_group is not None else 0o660)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        log.warning(f"Failed binding IPC socket, client disabled: {exc.strerror or exc}")
+        return None
+    return sock, access
 
 
 def spawn(opts: options.Options) -> tuple[subprocess.Popen[bytes], socket.socket] | OSError:
@@ -154,6 +187,7 @@ def run(opts: options.Options, level: int,
                                  user.gid if user else None)
     except OSError as exc:
         log.warning(f"Failed create/chown PID file {opts.pid_path}: {exc.strerror}")
+    control = control_socket(opts, log)
     creds = Credentials(user.uid, user.gid, user.groups) if user else None
     try:
         drop_privileges(creds, keep=())
@@ -179,7 +213,7 @@ def run(opts: options.Options, level: int,
     real = real_log(opts, level)
     log.replay(real)
     booted.state.use_logger(real)
-    controller = Controller(opts, real, helper, booted, pidfile)
+    controller = Controller(opts, real, helper, booted, pidfile, control)
     return asyncio.run(controller.run(early.received))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, Request
@@ -17,7 +18,7 @@ from smcroute.unprivileged.config import read_config
 from smcroute.unprivileged.flows import FlowTable, Limits
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.levels import PRIORITY
-from smcroute.unprivileged.model import Diagnostic, Mfc, MfcKey, Pending, Vif
+from smcroute.unprivileged.model import Config, Diagnostic, Directive, Mfc, MfcKey, Pending, Vif
 from smcroute.unprivileged.options import Options
 
 if TYPE_CHECKING:  # structlog is imported only once the routes are in
@@ -45,25 +46,39 @@ def log_diagnostic(log: Logger, d: Diagnostic) -> None:
         log.warning(str(d))
 
 
+@dataclass
+class Loaded:
+    """A configuration read and planned; target is None if it was rejected."""
+
+    config: Config
+    target: engine.Plan | None
+    errors: list[str]
+
+
+def plan_config(config: Config, opts: Options, installed: Mapping[Any, Vif]) -> engine.Plan:
+    return engine.plan(config, read_interfaces(), installed, default_enable=not opts.no_vifs)
+
+
 def load_plan(opts: Options, log: Logger, installed: Mapping[Any, Vif],
-              initial: bool) -> engine.Plan | None:
-    """Parse the config and plan it (no kernel access); None if it is rejected."""
+              initial: bool) -> Loaded:
+    """Parse the config file and plan it (no kernel access); log what is wrong."""
     path = opts.conf_path
     config = read_config(path)
     target = None
     if not config.errors:
-        target = engine.plan(config, read_interfaces(), installed,
-                             default_enable=not opts.no_vifs)
-    for d in (*config.diagnostics, *(target.diagnostics if target else ())):
+        target = plan_config(config, opts, installed)
+    diagnostics = (*config.diagnostics, *(target.diagnostics if target else ()))
+    for d in diagnostics:
         log_diagnostic(log, d)
+    errors = [str(d) for d in diagnostics if d.error]
     if target is None or target.errors:
         if initial and any(d.where is None for d in config.errors):
             log.notice("Continuing anyway, waiting for client to connect.")
         else:
             log.warning(f"Parse error in {path}, configuration not applied"
                         + ("" if initial else ", keeping the running one"))
-        return None
-    return target
+        return Loaded(config, None, errors)
+    return Loaded(config, target, errors)
 
 
 def limits(opts: Options) -> Limits:
@@ -80,6 +95,8 @@ class RouteState:
         self.vifs: dict[tuple[int, int], Vif] = {}  # (family, slot) -> VIF we installed
         self.mfc: dict[MfcKey, Mfc] = {}
         self.pending: list[Pending] = []
+        self.directives: tuple[Directive, ...] = ()  # the config, with smcroutectl's edits
+        self.target: engine.Plan | None = None  # the plan the kernel holds
         self.flows = FlowTable(log, budget or Limits(), verbose=level >= PRIORITY["info"])
 
     def use_logger(self, log: Logger) -> None:
@@ -118,9 +135,14 @@ class RouteState:
             todo.append((DelVif(next_id(), v.family, v.vif), v))
         return todo
 
-    def record_all(self, todo: Todo, replies: list[dict[str, Any]]) -> None:
+    def record_all(self, todo: Todo, replies: list[dict[str, Any]]) -> dict[MfcKey, str]:
+        """Record every reply; return the MFC entries the kernel refused, with why."""
+        failed: dict[MfcKey, str] = {}
         for (req, obj), reply in zip(todo, replies, strict=True):
             self.record(req, obj, reply)
+            if isinstance(obj, Mfc) and not reply.get("ok"):
+                failed[obj.key] = str(reply.get("error", ""))
+        return failed
 
     def record(self, req: Request, obj: Vif | Mfc, reply: dict[str, Any]) -> None:
         """Remember what the kernel accepted; log what it refused."""
@@ -163,6 +185,7 @@ class RouteState:
 
     def adopt(self, target: engine.Plan, now: float) -> None:
         """After applying changes(target): names, templates and flows follow it."""
+        self.target = target
         self.adopt_names(target)
         self.flows.adopt(self.mfc, now)
 

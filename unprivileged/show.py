@@ -1,0 +1,143 @@
+"""`smcroutectl show` output (SPEC 4), produced by the daemon; pure.
+
+Lines follow SMCRoute's conventions: a line ending in "_" is a section
+title, one ending in "=" a column heading; smcroutectl renders both (4.2).
+JSON is one line without spaces (4.7).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from smcroute.unprivileged.engine import Route
+from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Pending, Prefix, Vif
+
+Counters = Callable[[MfcKey], tuple[int, int]]  # (packets, bytes)
+
+
+@dataclass(frozen=True)
+class RouteView:
+    """What `show routes` needs: rules as configured and the kernel entries."""
+
+    templates: list[Route]
+    ssm: list[Route]
+    kernel: list[Mfc]
+    vif_names: Mapping[tuple[int, int], str]  # (family, slot) -> interface name
+
+
+def _sg_text(source: str | None, group: str) -> str:
+    return f"({source or '*'}, {group})"
+
+
+def _addr(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def _rule_source(prefix: Prefix | None) -> str | None:
+    return None if prefix is None else str(prefix)
+
+
+def _oif_names(m: Mfc, names: Mapping[tuple[int, int], str]) -> list[str]:
+    return [names.get((m.key.family, vif), "") for vif, _ in m.oifs]
+
+
+def _route_oifs(route: Route) -> list[str]:
+    return list(route.oifs)
+
+
+def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
+           counters: Counters | None = None) -> list[str]:
+    width = max([len(n) for n in interfaces] + [3])
+    if detail:
+        heading = f"{'ROUTE (S,G)':<42} {'IIF':<{width}} {'PACKETS':>10} {'BYTES':>10}  OIFS="
+    else:
+        heading = f"{'ROUTE (S,G)':<42} {'IIF':<{width}}  OIFS="
+
+    def row(sg: str, iif: str, oifs: list[str], key: MfcKey | None) -> str:
+        text = f"{sg:<42} {iif:<{width}} "
+        if detail:
+            packets, nbytes = counters(key) if counters and key else (0, 0)
+            text += f"{packets:>10} {nbytes:>10} "
+        return text + "".join(f" {name}" for name in oifs)
+
+    out: list[str] = []
+    if view.templates:
+        out += ["(*,G) Template Rules_", heading]
+        out += [row(_sg_text(_rule_source(r.rule.source), str(r.rule.group)), r.iif,
+                    _route_oifs(r), None) for r in view.templates]
+    if view.ssm:
+        out += ["(S,G) Rules_", heading]
+        for r in view.ssm:
+            assert r.rule.source is not None
+            key = MfcKey(r.rule.family, r.rule.source.address.packed, r.rule.group.address.packed)
+            out.append(row(_sg_text(str(r.rule.source), str(r.rule.group)), r.iif,
+                           _route_oifs(r), key))
+    if view.kernel:
+        out += ["Kernel MFC Table_", heading]
+        ordered = [m for m in view.kernel if m.oifs] + [m for m in view.kernel if not m.oifs]
+        out += [row(_sg_text(_addr(m.key.source), _addr(m.key.group)),
+                    view.vif_names.get((m.key.family, m.iif), ""),
+                    _oif_names(m, view.vif_names), m.key) for m in ordered]
+    return out
+
+
+def routes_json(view: RouteView) -> list[str]:
+    def rule(r: Route) -> dict[str, object]:
+        return {"source": _rule_source(r.rule.source), "group": str(r.rule.group),
+                "iif": r.iif, "oifs": _route_oifs(r)}
+
+    kernel = [{"source": _addr(m.key.source), "group": _addr(m.key.group),
+               "iif": view.vif_names.get((m.key.family, m.iif), ""),
+               "oifs": _oif_names(m, view.vif_names)} for m in view.kernel]
+    return [_json({"routes": {"asm": [rule(r) for r in view.templates],
+                              "ssm": [rule(r) for r in view.ssm], "kernel": kernel}})]
+
+
+def interfaces(table: Iterable[Interface], vifs: Iterable[Vif], as_json: bool) -> list[str]:
+    table = list(table)
+    slot = {(v.family, v.name): v.vif for v in vifs}
+    if as_json:
+        return [_json({"interfaces": [{"index": i.index, "name": i.name,
+                                       "vif": slot.get((4, i.name)),
+                                       "mif": slot.get((6, i.name))} for i in table]})]
+    width = max([len(i.name) for i in table] + [6])
+
+    def num(value: int | None) -> str:
+        return "N/A" if value is None else str(value)
+
+    return [f" INDEX {'PHYINT':<{width}}  VIF  MIF="] + [
+        f"{i.index:>6} {i.name:<{width}} {num(slot.get((4, i.name))):>4}"
+        f" {num(slot.get((6, i.name))):>4}" for i in table]
+
+
+def pending(entries: Iterable[Pending], as_json: bool) -> list[str]:
+    entries = list(entries)
+    if as_json:
+        return [_json({"pending": [
+            {"kind": "mroute", "iif": p.rule.iif, "source": _rule_source(p.rule.source),
+             "group": str(p.rule.group), "oifs": list(p.rule.oifs)} for p in entries]})]
+    if not entries:
+        return ["No pending routes or groups"]
+    out = ["PENDING ROUTES AND GROUPS"]
+    for p in entries:
+        r = p.rule
+        line = f"{'mroute':<7} from {r.iif}"
+        if r.source is not None:
+            line += f" source {r.source}"
+        line += f" group {r.group}"
+        if r.oifs:
+            line += " to " + " ".join(r.oifs)
+        out.append(line)
+    return out
+
+
+def groups(as_json: bool) -> list[str]:
+    """No group memberships yet (joins come with mgroup support)."""
+    return [_json({"groups": {"conf": [], "kernel": []}})] if as_json else []
+
+
+def _json(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
