@@ -8,7 +8,10 @@ collected (GNU permutation) and "--" ends the options.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: smcroutectl starts faster without typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 
 
 class OptError(Exception):

@@ -1,22 +1,21 @@
 """smcroutectl: the control client (SPEC 1.4-1.6, 3.6, 4.2).
 
-Kept light on purpose (standard library and msgpack; no asyncio, structlog
-or pyroute2): it starts for every command.
+Start-up is most of its run time, so it imports as little as it can: no
+asyncio, structlog or pyroute2, and not even typing, dataclasses or socket
+(whose enums cost more than the rest; _socket is the same socket), nor the
+msgpack package (ipc/lite.py speaks the subset the protocol uses).
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
-import socket
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from smcroute.ipc.codec import DecodeError
 from smcroute.ipc.control import ControlRequest
-from smcroute.ipc.stream import FrameDecoder, encode_frame
+from smcroute.ipc.lite import Frames, LiteError, frame
 from smcroute.unprivileged import texts
 from smcroute.unprivileged.cmdline import OptError, getopt
 
@@ -46,17 +45,24 @@ class Failure(Exception):
     """Print to stderr (prefixed), exit 1."""
 
 
-@dataclass
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
 class Settings:
-    batch: bool = False
-    detail: bool = False
-    json: bool = False
-    help: bool = False
-    plain: bool = False
-    no_headings: bool = False
-    ident: str = texts.DEFAULT_IDENT
-    sock: str | None = None
-    words: list[str] = field(default_factory=list)
+    """What the options say."""
+
+    def __init__(self) -> None:
+        self.batch = False
+        self.detail = False
+        self.json = False
+        self.help = False
+        self.plain = False
+        self.no_headings = False
+        self.ident = texts.DEFAULT_IDENT
+        self.sock: str | None = None
+        self.words: list[str] = []
 
     @property
     def path(self) -> str:
@@ -80,10 +86,10 @@ def command_help(row: tuple[str, int, str, str]) -> str:
 
 # -- connection -----------------------------------------------------------
 
-def connect(settings: Settings) -> socket.socket:
+def connect(settings: Settings) -> _socket.socket:
     path = settings.path
     for attempt in range(RETRIES):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(path)
             return sock
@@ -105,18 +111,21 @@ def connect(settings: Settings) -> socket.socket:
 
 def exchange(settings: Settings, requests: list[ControlRequest]) -> list[dict[str, object]]:
     """Send every request on one connection, return the replies in order."""
-    with connect(settings) as sock:
-        sock.sendall(b"".join(encode_frame(r.to_wire()) for r in requests))
-        decoder = FrameDecoder(limit=64 * 1024 * 64)
+    sock = connect(settings)
+    try:
+        sock.sendall(b"".join(frame(r.to_wire()) for r in requests))
+        decoder = Frames(limit=64 * 1024 * 64)
         replies: list[dict[str, object]] = []
         while len(replies) < len(requests):
             data = sock.recv(256 * 1024)
             if not data:
                 break
             try:
-                replies += decoder.feed(data)
-            except DecodeError as exc:
+                replies += [r for r in decoder.feed(data) if isinstance(r, dict)]
+            except LiteError as exc:
                 raise Failure(f"garbled reply from the daemon: {exc}") from None
+    finally:
+        sock.close()
     if not replies:
         raise Failure("the daemon closed the connection without a reply")
     return replies
@@ -203,7 +212,8 @@ def run_batch(settings: Settings) -> int:
         if not line.strip() or line.startswith("#"):
             continue
         words = line.split()
-        plan.append(parse_words(words, Settings(**{**settings.__dict__, "help": False})))
+        settings.help = False  # each line on its own (SMCRoute's help flag sticks: a quirk)
+        plan.append(parse_words(words, settings))
     requests = [p for p in plan if isinstance(p, ControlRequest)]
     replies = iter(exchange(settings, requests) if requests else [])
     for item in plan:
