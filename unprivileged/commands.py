@@ -1,4 +1,5 @@
-"""smcroutectl add/remove: arguments to rules, and rule edits (SPEC 3.4, 5.4, 5.5).
+"""smcroutectl add/remove/join/leave: arguments to rules, and rule edits
+(SPEC 3.4, 5.4, 5.5, 6.1, 6.3).
 
 Pure functions. Rules added at run time live until the next reload (as in
 SMCRoute: "smcroutectl changes are lost on reload -- by design").
@@ -6,15 +7,19 @@ SMCRoute: "smcroutectl changes are lost on reload -- by design").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
+from smcroute.ipc.control import ControlRequest
+from smcroute.unprivileged import groups
 from smcroute.unprivileged.config import (
     ConfigError,
     addresses,
     check_ifname,
     parse_address,
 )
-from smcroute.unprivileged.model import Directive, Mroute, Where
+from smcroute.unprivileged.engine import match
+from smcroute.unprivileged.model import Directive, Interface, Mgroup, Mroute, Where
 
 IPC = Where("ipc", 0)
 MAX_OIFS = 32
@@ -91,3 +96,49 @@ def remove_rule(directives: tuple[Directive, ...], rule: Mroute) -> tuple[Direct
 
 def _sg(rule: Mroute) -> str:
     return f"({rule.source or '*'}, {rule.group})"
+
+
+def group_from_args(args: tuple[str, ...], verb: str) -> Mgroup:
+    """IIF [SOURCE[/LEN]] GROUP[/LEN] -> a join rule."""
+    if len(args) not in (2, 3):
+        raise CommandError(f"{verb}: expected IIF [SOURCE-IP[/LEN]] GROUP[/LEN]")
+    iif, source_text, group_text = (args[0], None, args[1]) if len(args) == 2 else args
+    try:
+        check_ifname(iif)
+        source, group = addresses(source_text, group_text, verb)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return Mgroup(IPC, iif, source, group)
+
+
+def join_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
+    if any(isinstance(d, Mgroup) and groups.same(d, rule) for d in directives):
+        raise CommandError(f"Already joined {groups.text(rule)} on {rule.iif}")
+    return (*directives, rule)
+
+
+def leave_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
+    """Leave a join, also one from the configuration file."""
+    for i, d in enumerate(directives):
+        if isinstance(d, Mgroup) and groups.same(d, rule):
+            return directives[:i] + directives[i + 1:]
+    raise CommandError(f"No group {groups.text(rule)} on {rule.iif} to leave")
+
+
+def edit_directives(directives: tuple[Directive, ...], req: ControlRequest,
+                    interfaces: Mapping[str, Interface]
+                    ) -> tuple[tuple[Directive, ...], Mroute | Mgroup]:
+    """Apply one add/remove/join/leave request to the rules."""
+    if req.cmd in ("add", "remove"):
+        rule = route_from_args(req.args)
+        if req.cmd == "remove":
+            return remove_rule(directives, rule), rule
+        if not match(rule.iif, interfaces):
+            raise CommandError(f"ipc: mroute: inbound {rule.iif} is not a known phyint")
+        return add_rule(directives, rule), rule
+    join = group_from_args(req.args, req.cmd)
+    if req.cmd == "leave":
+        return leave_rule(directives, join), join
+    if not match(join.iif, interfaces):
+        raise CommandError(f"unknown interface {join.iif}")
+    return join_rule(directives, join), join

@@ -16,20 +16,21 @@ from typing import Any
 from smcroute.ipc.control import ControlRequest, reply
 from smcroute.ipc.helper import AddMfc, SgCount, Upcall
 from smcroute.policy.control import Access, Peer
-from smcroute.unprivileged import engine, show
+from smcroute.unprivileged import engine, groups, show
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
 from smcroute.unprivileged.channel import HelperLost
 from smcroute.unprivileged.channel_async import HelperChannel
-from smcroute.unprivileged.commands import IPC, CommandError, add_rule, remove_rule, route_from_args
+from smcroute.unprivileged.commands import IPC, CommandError, edit_directives
 from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger
-from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mroute, Vif
+from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
 from smcroute.unprivileged.script import ActionScript, usable
 from smcroute.unprivileged.state import addr, load_plan, log_diagnostic, sg
 
+EDITS = ("add", "remove", "join", "leave")
 UPCALL_BATCH = 4096
 UPCALL_QUEUE = 65_536  # beyond this, upcalls are dropped (the kernel asks again)
 
@@ -102,6 +103,7 @@ class Controller:
             task.cancel()
         if self.script:
             self.script.close()
+        self.state.memberships.close()
         if not self.channel.lost:
             await self.teardown()
         self.channel.close()
@@ -301,10 +303,10 @@ class Controller:
         i = 0
         while i < len(reqs):
             j = i
-            while j < len(reqs) and reqs[j].cmd in ("add", "remove"):
+            while j < len(reqs) and reqs[j].cmd in EDITS:
                 j += 1
             if j > i:
-                out += await self.edit_routes(peer, reqs[i:j])
+                out += await self.edit(peer, reqs[i:j])
                 i = j
                 continue
             out.append(await self.control_one(peer, reqs[i]))
@@ -320,30 +322,22 @@ class Controller:
         elif req.cmd == "flush":
             ok, text = True, ""
             await self.flush()
-        elif req.cmd == "kill":
+        else:  # kill
             ok, text = True, ""
             self.kill_requested = True
-        else:  # join, leave
-            ok, text = False, f"{req.cmd}: group membership is not supported yet"
         self.audit(peer, req.cmd, req.args, "ok" if ok else text.replace("\n", "; "))
         return reply(ok, text)
 
-    async def edit_routes(self, peer: Peer, reqs: list[ControlRequest]) -> list[dict[str, Any]]:
-        """smcroutectl add/remove: edit the rules, then one plan for all of them."""
-        results: list[Mroute | str] = []
+    async def edit(self, peer: Peer, reqs: list[ControlRequest]) -> list[dict[str, Any]]:
+        """smcroutectl add/remove/join/leave: edit the rules, then one plan
+        for all of them."""
+        results: list[Mroute | Mgroup | str] = []
         async with self.kernel_lock:
             directives = self.state.directives
             interfaces = read_interfaces()
             for req in reqs:
                 try:
-                    rule = route_from_args(req.args)
-                    if req.cmd == "add":
-                        if not engine.match(rule.iif, interfaces):
-                            raise CommandError(f"ipc: mroute: inbound {rule.iif} is not a"
-                                               " known phyint")
-                        directives = add_rule(directives, rule)
-                    else:
-                        directives = remove_rule(directives, rule)
+                    directives, rule = edit_directives(directives, req, interfaces)
                     results.append(rule)
                 except CommandError as exc:
                     results.append(str(exc))
@@ -356,11 +350,14 @@ class Controller:
                 failed = await self.apply(self.state.changes(target))
             except HelperLost:
                 failed = {}
-            self.state.adopt(target, asyncio.get_running_loop().time())
+            join_errors = self.state.adopt(target, asyncio.get_running_loop().time())
             self.state.directives = directives
         out = []
         for req, result in zip(reqs, results, strict=True):
-            text = result if isinstance(result, str) else self.kernel_refusal(result, failed)
+            if isinstance(result, Mgroup):
+                text = "\n".join(e for m, e in join_errors if groups.same(m.rule, result))
+            else:
+                text = result if isinstance(result, str) else self.kernel_refusal(result, failed)
             self.audit(peer, req.cmd, req.args, text or "ok")
             out.append(reply(not text, text))
         return out
@@ -377,7 +374,9 @@ class Controller:
     async def show(self, req: ControlRequest) -> list[str]:
         what = req.args[0][:1] if req.args else "r"
         if what == "g":
-            return show.groups(req.json)
+            target = self.state.target
+            return show.groups(target.groups if target else [],
+                               self.state.memberships.memberships(), req.detail, req.json)
         if what == "i":
             return show.interfaces(read_interfaces().values(), self.vifs.values(), req.json)
         if what == "p":

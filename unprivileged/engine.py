@@ -7,10 +7,12 @@ take the installed state there, touching nothing that stays the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from smcroute.policy.limits import MAXVIFS
+from smcroute.unprivileged import groups
+from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.model import (
     Config,
     Diagnostic,
@@ -52,6 +54,9 @@ class Plan:
     mfc: dict[MfcKey, Mfc] = field(default_factory=dict)
     templates: list[Route] = field(default_factory=list)  # (*,G) and range rules
     ssm: list[Route] = field(default_factory=list)  # (S,G) rules, before merging into mfc
+    groups: list[Mgroup] = field(default_factory=list)  # joins whose interface exists
+    memberships: dict[tuple[int, int, bytes | None, bytes], Membership] = field(
+        default_factory=dict)
     pending: list[Pending] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
@@ -74,7 +79,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
     slots = _Slots(out, interfaces, installed.values())
     routes: list[Route] = []
 
-    def usable(name: str, role: str, rule: Mroute | Phyint) -> bool:
+    def usable(name: str, role: str, rule: Mroute | Phyint | Mgroup) -> bool:
         if not interfaces[name].multicast:
             note(Diagnostic(f"{role} {name} is not multicast capable", rule.where, error=False))
             return False
@@ -82,7 +87,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
 
     for d in config.directives:
         if isinstance(d, Mgroup):
-            note(Diagnostic("mgroup: joining multicast groups is not supported yet", d.where))
+            _mgroup(out, d, interfaces, usable)
             continue
         if isinstance(d, Phyint):
             names = match(d.pattern, interfaces)
@@ -128,6 +133,29 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
     return out
 
 
+def _mgroup(out: Plan, d: Mgroup, interfaces: Mapping[str, Interface],
+            usable: Callable[[str, str, Mgroup], bool]) -> None:
+    """A join: every membership it stands for, on every matching interface."""
+    names = match(d.iif, interfaces)
+    if not names:
+        out.pending.append(Pending(d, (d.iif,), inbound=True))
+        return
+    if (n := groups.size(d)) > groups.MAX_EXPANSION:
+        out.diagnostics.append(Diagnostic(
+            f"mgroup: {groups.text(d)} stands for {n} memberships, at most"
+            f" {groups.MAX_EXPANSION}", d.where))
+        return
+    if any(groups.same(d, g) for g in out.groups):
+        out.diagnostics.append(Diagnostic(
+            f"Already joined {groups.text(d)} on {d.iif}, line ignored", d.where, error=False))
+        return
+    out.groups.append(d)
+    for name in names:
+        if usable(name, "mgroup: interface", d):
+            for m in groups.expand(d, name, interfaces[name].index):
+                out.memberships.setdefault(m.key, m)
+
+
 def _prune(routes: list[Route], name: str) -> list[Route]:
     """Forget an interface: routes from it go, it leaves every OIF list."""
     kept = [r for r in routes if r.iif != name]
@@ -155,7 +183,7 @@ class _Slots:
         self.held = {(v.family, v.vif) for v in installed}
         self.taken: set[tuple[int, int]] = set()
 
-    def ensure(self, name: str, threshold: int, rule: Mroute | Phyint) -> bool:
+    def ensure(self, name: str, threshold: int, rule: Mroute | Phyint | Mgroup) -> bool:
         """Give name a VIF and a MIF (both or neither); False if the table is full."""
         if (4, name) in self.out.vifs:
             return True

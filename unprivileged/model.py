@@ -157,6 +157,6 @@ class Mfc:
 class Pending:
     """A config line waiting for an interface to appear."""
 
-    rule: Mroute
+    rule: Mroute | Mgroup
     missing: tuple[str, ...]  # interface names (or patterns) that match nothing yet
     inbound: bool = False  # the inbound interface is missing (else only outbound ones)

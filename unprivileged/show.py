@@ -13,7 +13,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from smcroute.unprivileged.engine import Route
-from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Pending, Prefix, Vif
+from smcroute.unprivileged.groups import Membership
+from smcroute.unprivileged.groups import text as grouptext
+from smcroute.unprivileged.model import (
+    Interface,
+    Mfc,
+    MfcKey,
+    Mgroup,
+    Mroute,
+    Pending,
+    Prefix,
+    Vif,
+)
 
 Counters = Callable[[MfcKey], tuple[int, int]]  # (packets, bytes)
 
@@ -117,26 +128,53 @@ def pending(entries: Iterable[Pending], as_json: bool) -> list[str]:
     entries = list(entries)
     if as_json:
         return [_json({"pending": [
-            {"kind": "mroute", "iif": p.rule.iif, "source": _rule_source(p.rule.source),
-             "group": str(p.rule.group), "oifs": list(p.rule.oifs)} for p in entries]})]
+            {"kind": _kind(p), "iif": p.rule.iif, "source": _rule_source(p.rule.source),
+             "group": str(p.rule.group), "oifs": list(_oifs(p))} for p in entries]})]
     if not entries:
         return ["No pending routes or groups"]
     out = ["PENDING ROUTES AND GROUPS"]
     for p in entries:
         r = p.rule
-        line = f"{'mroute':<7} from {r.iif}"
+        line = f"{_kind(p):<7} from {r.iif}"
         if r.source is not None:
             line += f" source {r.source}"
         line += f" group {r.group}"
-        if r.oifs:
-            line += " to " + " ".join(r.oifs)
+        if _oifs(p):
+            line += " to " + " ".join(_oifs(p))
         out.append(line)
     return out
 
 
-def groups(as_json: bool) -> list[str]:
-    """No group memberships yet (joins come with mgroup support)."""
-    return [_json({"groups": {"conf": [], "kernel": []}})] if as_json else []
+def _kind(p: Pending) -> str:
+    return "mroute" if isinstance(p.rule, Mroute) else "mgroup"
+
+
+def _oifs(p: Pending) -> tuple[str, ...]:
+    return p.rule.oifs if isinstance(p.rule, Mroute) else ()
+
+
+def groups(rules: Iterable[Mgroup], joined: Iterable[Membership], detail: bool,
+           as_json: bool) -> list[str]:
+    """Configured joins, and with detail (or in JSON) each kernel membership."""
+    rules, joined = list(rules), list(joined)
+    if as_json:
+        def entry(rule: Mgroup, source: bytes | None = None,
+                  group: bytes | None = None) -> dict[str, object]:
+            text = grouptext(rule, source, group)[1:-1]  # "S, G" of "(S, G)"
+            src, grp = text.split(", ")
+            return {"source": None if src == "*" else src, "group": grp, "iif": rule.iif}
+
+        return [_json({"groups": {
+            "conf": [entry(r) for r in rules],
+            "kernel": [entry(m.rule, m.source, m.group) for m in joined]}})]
+    if not rules:
+        return []
+    out = ["Group Memberships Table_", f"{'GROUP (S,G)':<42} {'IIF':<16}="]
+    out += [f"{grouptext(r):<42} {r.iif}" for r in rules]
+    if detail:
+        out.append("Kernel Group Membership Table_")
+        out += [f"{grouptext(m.rule, m.source, m.group):<42} {m.rule.iif}" for m in joined]
+    return out
 
 
 def _json(obj: object) -> str:

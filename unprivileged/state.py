@@ -16,9 +16,20 @@ from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, Request
 from smcroute.unprivileged import engine
 from smcroute.unprivileged.config import read_config
 from smcroute.unprivileged.flows import FlowTable, Limits
+from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.levels import PRIORITY
-from smcroute.unprivileged.model import Config, Diagnostic, Directive, Mfc, MfcKey, Pending, Vif
+from smcroute.unprivileged.membership import Memberships
+from smcroute.unprivileged.model import (
+    Config,
+    Diagnostic,
+    Directive,
+    Mfc,
+    MfcKey,
+    Mroute,
+    Pending,
+    Vif,
+)
 from smcroute.unprivileged.options import Options
 
 if TYPE_CHECKING:  # structlog is imported only once the routes are in
@@ -36,7 +47,8 @@ def sg(key: MfcKey) -> str:
 
 
 def pending_text(p: Pending) -> str:
-    return f"mroute from {p.rule.iif} group {p.rule.group} pending: interface not available"
+    kind = "mroute" if isinstance(p.rule, Mroute) else "mgroup"
+    return f"{kind} from {p.rule.iif} group {p.rule.group} pending: interface not available"
 
 
 def log_diagnostic(log: Logger, d: Diagnostic) -> None:
@@ -98,6 +110,7 @@ class RouteState:
         self.directives: tuple[Directive, ...] = ()  # the config, with smcroutectl's edits
         self.target: engine.Plan | None = None  # the plan the kernel holds
         self.flows = FlowTable(log, budget or Limits(), verbose=level >= PRIORITY["info"])
+        self.memberships = Memberships()
 
     def use_logger(self, log: Logger) -> None:
         """The real logger replaces the start-up one."""
@@ -183,11 +196,17 @@ class RouteState:
             else:
                 self.log.debug(f"failed removing multicast route {sg(obj.key)}: {error}")
 
-    def adopt(self, target: engine.Plan, now: float) -> None:
-        """After applying changes(target): names, templates and flows follow it."""
+    def adopt(self, target: engine.Plan, now: float) -> list[tuple[Membership, str]]:
+        """After applying changes(target): names, templates and flows follow
+        it, and group memberships are joined and left to match it. Returns
+        the joins that failed."""
         self.target = target
         self.adopt_names(target)
         self.flows.adopt(self.mfc, now)
+        errors = self.memberships.apply(target.memberships)
+        for _, error in errors:
+            self.log.err(error)
+        return errors
 
     def adopt_names(self, target: engine.Plan) -> None:
         """Unchanged kernel objects take the target's names (interface renames)."""
