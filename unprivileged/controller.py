@@ -25,6 +25,7 @@ from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger
 from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif
+from smcroute.unprivileged.netwatch import LinkWatch
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
 from smcroute.unprivileged.script import ActionScript, usable
@@ -80,6 +81,7 @@ class Controller:
             else:
                 self.log.err(f"{self.opts.script} is not executable.")
         self.spawn(self.expiry_loop())
+        self.spawn(LinkWatch(self.interfaces_changed, self.log.err).run())
         server = None
         if self.control_socket:
             sock, access = self.control_socket
@@ -181,6 +183,25 @@ class Controller:
         report_helper_lost(self.log, self.helper, reason)
         self.exit_status = EXIT_HELPER_LOST
         self.stopping.set()
+
+    async def interfaces_changed(self) -> None:
+        """Links or addresses changed: re-plan the rules we hold against the
+        interfaces there are now (pending lines activate, lines whose
+        interface went away wait for it again)."""
+        async with self.kernel_lock:
+            if self.state.target is None:
+                return  # no configuration applied yet
+            target = engine.plan(Config(self.state.directives), read_interfaces(), self.vifs,
+                                 default_enable=not self.opts.no_vifs)
+            if target.errors:
+                for d in target.errors:
+                    log_diagnostic(self.log, d)
+                return
+            try:
+                await self.apply(self.state.changes(target))
+            except HelperLost:
+                return
+            self.state.adopt(target, asyncio.get_running_loop().time())
 
     # -- kernel -------------------------------------------------------------
 

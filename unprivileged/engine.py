@@ -105,7 +105,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
                     routes = _prune(routes, name)
             continue
         iifs = match(d.iif, interfaces)
-        if not iifs:
+        if not _multicast(iifs, interfaces):  # SPEC 8.2: wait for the MULTICAST flag too
             out.pending.append(Pending(d, (d.iif,), inbound=True))
             continue
         iifs = [name for name in iifs if usable(name, "mroute: inbound", d)]
@@ -113,7 +113,7 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
         missing: list[str] = []
         for pattern in d.oifs:
             names = match(pattern, interfaces)
-            if not names:
+            if not _multicast(names, interfaces):
                 missing.append(pattern)
             oifs += [n for n in names if n not in oifs and usable(n, "mroute: outbound", d)]
         for iif in iifs:
@@ -133,11 +133,16 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
     return out
 
 
+def _multicast(names: list[str], interfaces: Mapping[str, Interface]) -> bool:
+    """Does any of these interfaces exist with the MULTICAST flag?"""
+    return any(interfaces[n].multicast for n in names)
+
+
 def _mgroup(out: Plan, d: Mgroup, interfaces: Mapping[str, Interface],
             usable: Callable[[str, str, Mgroup], bool]) -> None:
     """A join: every membership it stands for, on every matching interface."""
     names = match(d.iif, interfaces)
-    if not names:
+    if not _multicast(names, interfaces):
         out.pending.append(Pending(d, (d.iif,), inbound=True))
         return
     if (n := groups.size(d)) > groups.MAX_EXPANSION:

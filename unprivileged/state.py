@@ -126,6 +126,10 @@ class RouteState:
         for p in target.pending:
             if p not in self.pending:
                 self.log.notice(pending_text(p))
+        for p in self.pending:
+            if p not in target.pending and p.rule in self.directives:
+                kind = "mroute" if isinstance(p.rule, Mroute) else "mgroup"
+                self.log.notice(f"Activated pending {kind} from {p.rule.iif} group {p.rule.group}")
         self.pending = target.pending
         return engine.diff(self.vifs, self.mfc, target)
 
