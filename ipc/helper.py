@@ -32,9 +32,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "add_mfc": ("family", "source", "group", "iif", "oifs"),
     "del_mfc": ("family", "source", "group"),
     "sg_count": ("family", "source", "group"),
+    "mrdisc": ("vif", "interval", "terminate"),  # RFC 4286, IPv4 only
 }
 
-UPCALL_KINDS = ("nocache", "wrongvif", "wholepkt")
+# "solicit": an RFC 4286 solicitation arrived on vif (source: its sender,
+# group: its destination).
+UPCALL_KINDS = ("nocache", "wrongvif", "wholepkt", "solicit")
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,18 @@ class SgCount:
     op = "sg_count"
 
 
-Request = Hello | Modules | AddVif | DelVif | AddMfc | DelMfc | SgCount
+@dataclass(frozen=True)
+class Mrdisc:
+    """Send one multicast router advertisement (or termination) on an IPv4 VIF."""
+
+    id: int
+    vif: int
+    interval: int  # seconds, the advertisement's code field
+    terminate: bool
+    op = "mrdisc"
+
+
+Request = Hello | Modules | AddVif | DelVif | AddMfc | DelMfc | SgCount | Mrdisc
 
 
 def to_wire(req: Request) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from smcroute.ipc.helper import (
     DelVif,
     Hello,
     Modules,
+    Mrdisc,
     Request,
     SgCount,
 )
@@ -38,6 +39,7 @@ from smcroute.policy.limits import (
     MAX_BATCH,
     MAX_OIFS,
     MAXVIFS,
+    MRDISC_INTERVAL,
     TTL_MAX,
     TTL_MIN,
 )
@@ -138,6 +140,12 @@ def parse_request(msg: Any) -> Request:
         return Hello(rid)
     if op == "modules":
         return Modules(rid)
+    if op == "mrdisc":
+        terminate = msg["terminate"]
+        if type(terminate) is not bool:
+            raise Violation("terminate must be a boolean")
+        return Mrdisc(rid, _int(msg, "vif", 0, MAXVIFS - 1),
+                      _int(msg, "interval", *MRDISC_INTERVAL), terminate)
     family = msg["family"]
     if type(family) is not int or family not in FAMILIES:
         raise Violation(f"family must be 4 or 6, got {family!r}")
@@ -195,6 +203,9 @@ def check(req: Request, state: HelperState) -> None:
             raise Refusal(errno.EEXIST, f"ifindex {req.ifindex} already has a vif")
     elif isinstance(req, DelVif):
         if req.vif not in state.vifs[req.family]:
+            raise Refusal(errno.ENODEV, f"vif {req.vif} was not added")
+    elif isinstance(req, Mrdisc):
+        if req.vif not in state.vifs[4]:
             raise Refusal(errno.ENODEV, f"vif {req.vif} was not added")
     elif isinstance(req, AddMfc):
         vifs = state.vifs[req.family]

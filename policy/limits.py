@@ -10,3 +10,4 @@ DEFAULT_MAX_MFC = 100_000  # cap on (S,G) entries the helper will hold installed
 MAX_BATCH = 1024  # requests in one helper datagram
 FAMILIES = (4, 6)
 ADDR_LEN = {4: 4, 6: 16}
+MRDISC_INTERVAL = (4, 180)  # RFC 4286 advertisement interval, seconds

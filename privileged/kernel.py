@@ -27,6 +27,11 @@ MRT6_TABLE = 209
 SIOCGETSGCNT = 0x89E0 + 1  # SIOCPROTOPRIVATE + 1, same value for IPv4 and IPv6
 VIFF_USE_IFINDEX = 0x8
 MAXVIFS = 32
+IP_PKTINFO = 8
+IGMP_PROTO = 2
+MRDISC_ADVERT, MRDISC_SOLICIT, MRDISC_TERMINATE = 0x30, 0x31, 0x32
+MRDISC_GROUP = bytes([224, 0, 0, 106])  # all-snoopers
+ROUTER_ALERT = b"\x94\x04\x00\x00"
 
 VIFCTL = struct.Struct("@HBBIi4s")  # vifi, flags, threshold, rate_limit, lcl_ifindex, rmt_addr
 MFCCTL = struct.Struct("@4s4sH32sIIIi")  # origin, group, parent, ttls[32], counters, expire
@@ -64,6 +69,25 @@ def parse_upcall6(data: bytes) -> tuple[str, int, bytes, bytes] | None:
     return MRT6MSG_TYPES[data[1]], mif, bytes(data[8:24]), bytes(data[24:40])
 
 
+def mrdisc_message(kind: int, interval: int) -> bytes:
+    """An RFC 4286 message: type, code (interval), checksum, 4 zero bytes."""
+    words = (kind << 8 | interval, 0, 0, 0)
+    total = sum(words)
+    total = (total & 0xFFFF) + (total >> 16)
+    checksum = ~total & 0xFFFF
+    return struct.pack("!BBHI", kind, interval, checksum, 0)
+
+
+def parse_solicit(data: bytes) -> bytes | None:
+    """The sender of an RFC 4286 solicitation (a whole IPv4 packet), else None."""
+    if len(data) < 20 or data[9] != IGMP_PROTO:
+        return None
+    ihl = (data[0] & 0x0F) * 4
+    if len(data) < ihl + 4 or data[ihl] != MRDISC_SOLICIT:
+        return None
+    return bytes(data[12:16])
+
+
 class Mroute:
     """The IPv4 and IPv6 mroute sockets of one multicast routing table."""
 
@@ -73,6 +97,11 @@ class Mroute:
                                 MRT_INIT, table, rcvbuf)
         # WRONGVIF upcalls are only sent with MRT_PIM set.
         self.sock4.setsockopt(IPPROTO_IP, MRT_PIM, 1)
+        # mrdisc: solicitations tell their interface; advertisements are
+        # link-local (TTL 1) and carry Router Alert.
+        self.sock4.setsockopt(IPPROTO_IP, IP_PKTINFO, 1)
+        self.sock4.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        self.sock4.setsockopt(IPPROTO_IP, socket.IP_OPTIONS, ROUTER_ALERT)
         self.sock6 = self._open(socket.AF_INET6, IPPROTO_ICMPV6, IPPROTO_IPV6, MRT6_TABLE,
                                 MRT6_INIT, table, rcvbuf)
         # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic is of no use here.
@@ -88,8 +117,9 @@ class Mroute:
         sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
         try:
             if family == socket.AF_INET:
+                # IP_MULTICAST_ALL stays on: mrdisc solicitations (224.0.0.2,
+                # joined by the controller) must reach this socket.
                 sock.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-                sock.setsockopt(IPPROTO_IP, 49, 0)  # IP_MULTICAST_ALL
             else:
                 sock.setsockopt(IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
                 sock.setsockopt(IPPROTO_IPV6, 29, 0)  # IPV6_MULTICAST_ALL
@@ -154,6 +184,20 @@ class Mroute:
             self.sock4.setsockopt(IPPROTO_IP, MRT_DEL_MFC, ctl)
         else:
             self.sock6.setsockopt(IPPROTO_IPV6, MRT6_DEL_MFC, ctl)
+
+    def send_mrdisc(self, ifindex: int, kind: int, interval: int) -> None:
+        pktinfo = struct.pack("@i4s4s", ifindex, b"\0" * 4, b"\0" * 4)
+        self.sock4.sendmsg([mrdisc_message(kind, interval)],
+                           [(IPPROTO_IP, IP_PKTINFO, pktinfo)],
+                           0, (socket.inet_ntoa(MRDISC_GROUP), 0))
+
+    def recv4(self) -> tuple[bytes, int]:
+        """(packet, ifindex it came in on; 0 if the kernel did not say)."""
+        data, ancdata, _, _ = self.sock4.recvmsg(2048, socket.CMSG_SPACE(12))
+        for level, kind, value in ancdata:
+            if level == IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 4:
+                return data, struct.unpack_from("@i", value)[0]
+        return data, 0
 
     def sg_count(self, family: int, source: bytes, group: bytes) -> tuple[int, int, int]:
         """(packets, bytes, wrong_if) the kernel counted for one (S,G)."""

@@ -18,6 +18,7 @@ from smcroute.ipc.helper import (
     DelVif,
     Hello,
     Modules,
+    Mrdisc,
     Request,
     SgCount,
     Upcall,
@@ -27,7 +28,14 @@ from smcroute.ipc.helper import (
 )
 from smcroute.policy import helper as policy
 from smcroute.policy.limits import MAXVIFS
-from smcroute.privileged.kernel import Mroute, parse_upcall4, parse_upcall6
+from smcroute.privileged.kernel import (
+    MRDISC_ADVERT,
+    MRDISC_TERMINATE,
+    Mroute,
+    parse_solicit,
+    parse_upcall4,
+    parse_upcall6,
+)
 
 # Errors with which the kernel says a VIF or MFC entry to delete does not exist.
 ABSENT = (errno.EADDRNOTAVAIL, errno.ENOENT)
@@ -113,10 +121,21 @@ class Server:
             m.add_mfc(req.family, req.source, req.group, req.iif, req.oifs)
         elif isinstance(req, DelMfc):
             m.del_mfc(req.family, req.source, req.group)
+        elif isinstance(req, Mrdisc):
+            kind = MRDISC_TERMINATE if req.terminate else MRDISC_ADVERT
+            m.send_mrdisc(self.state.vifs[4][req.vif], kind, 0 if req.terminate else req.interval)
         elif isinstance(req, SgCount):
             packets, nbytes, wrong_if = m.sg_count(req.family, req.source, req.group)
             return {"packets": packets, "bytes": nbytes, "wrong_if": wrong_if}
         return {}
+
+    def solicitation(self, data: bytes, ifindex: int) -> tuple[str, int, bytes, bytes] | None:
+        """An mrdisc solicitation on one of our VIFs, as an upcall."""
+        sender = parse_solicit(data)
+        if sender is None:
+            return None
+        vifs = [v for v, index in self.state.vifs[4].items() if index == ifindex]
+        return ("solicit", vifs[0], sender, bytes(data[16:20])) if vifs else None
 
     def forward_upcalls(self, family: int) -> None:
         """Read every pending upcall (bounded) and pass them on in batches."""
@@ -125,14 +144,17 @@ class Server:
         batch: list[Upcall] = []
         for _ in range(UPCALLS_PER_WAKEUP):
             try:
-                data = sock.recv(2048)
+                data, ifindex = self.mroute.recv4() if family == 4 else (sock.recv(2048), 0)
             except BlockingIOError:
                 break
             except OSError:  # e.g. ENOBUFS after an overrun: keep reading
                 continue
             parsed = parse(data)
             if parsed is None:
-                continue
+                if family == 4:
+                    parsed = self.solicitation(data, ifindex)
+                if parsed is None:
+                    continue
             kind, vif, source, group = parsed
             batch.append(Upcall(family, kind, vif, source, group))
             if len(batch) >= UPCALLS_PER_DATAGRAM:

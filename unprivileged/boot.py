@@ -44,13 +44,15 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-def report_helper_lost(log: Logger, helper: subprocess.Popen[bytes], reason: str) -> None:
+def report_helper_lost(log: Logger, helper: subprocess.Popen[bytes], reason: str,
+                       routes: bool = True) -> None:
     try:
         returncode = helper.wait(timeout=1)
     except subprocess.TimeoutExpired:
         returncode = None
+    consequence = "the kernel has dropped our routes, exiting" if routes else "exiting"
     log.err(f"mrouter helper (pid {helper.pid}) {describe_exit(returncode)}: {reason};"
-            " the kernel has dropped our routes, exiting")
+            f" {consequence}")
 
 
 def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes],
@@ -74,6 +76,6 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
             state.adopt(target, time.monotonic())
             state.directives = loaded.config.directives
     except HelperLost as exc:
-        report_helper_lost(log, helper, str(exc))
+        report_helper_lost(log, helper, str(exc), routes=bool(state.mfc))
         return None
     return Booted(channel, state, target is not None)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import itertools
+import select
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,42 +70,73 @@ class BlockingChannel:
     PIPELINE = 256  # requests per datagram: the helper starts while we encode the rest
 
     def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
-        """Send every batch first, then collect the replies (the helper works
-        on one batch while we encode the next)."""
+        """Send the batches and collect the replies, reading while sending:
+        the helper may be sending upcalls meanwhile, and neither side may
+        block the other."""
         replies: list[dict[str, Any] | None] = []
-        sizes = []
-        self.sock.settimeout(self.TIMEOUT)
+        outgoing: list[tuple[bytes, int]] = []
+        for start in range(0, len(reqs), self.PIPELINE):
+            known, batch = screen(reqs[start:start + self.PIPELINE])
+            replies += known
+            if batch:
+                outgoing.append((codec.encode(batch), len(batch)))
+        sizes = [n for _, n in outgoing]
+        answers: list[dict[str, Any]] = []
+        done = 0  # reply datagrams received
+        deadline = time.monotonic() + self.TIMEOUT
+        self.sock.setblocking(False)
         try:
-            for start in range(0, len(reqs), self.PIPELINE):
-                known, batch = screen(reqs[start:start + self.PIPELINE])
-                replies += known
-                if batch:
-                    self.sock.sendall(codec.encode(batch))
-                    sizes.append(len(batch))
-            answers: list[dict[str, Any]] = []
-            for size in sizes:
-                got = self._await_replies()
-                if len(got) != size:
-                    raise HelperLost("the helper answered with the wrong number of replies")
-                answers += got
+            while done < len(sizes):
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise HelperLost("the helper did not answer in time")
+                readable, writable, _ = select.select(
+                    [self.sock], [self.sock] if outgoing else [], [], timeout)
+                if writable:
+                    try:
+                        self.sock.send(outgoing[0][0])
+                        outgoing.pop(0)
+                    except BlockingIOError:
+                        pass
+                if readable:
+                    got = self._receive()
+                    if got is not None:
+                        if len(got) != sizes[done]:
+                            raise HelperLost("the helper answered with the wrong number of"
+                                             " replies")
+                        answers += got
+                        done += 1
         except OSError as exc:
-            raise HelperLost(f"cannot talk to the helper: {exc}") from None
+            for _ in range(64):  # it may have said why before it went: read that
+                try:
+                    self._receive()
+                except (HelperLost, OSError):
+                    break
+            raise HelperLost(self.fatal or f"cannot talk to the helper: {exc}") from None
+        finally:
+            self.sock.setblocking(True)
         return merge(replies, answers)
 
-    def _await_replies(self) -> list[dict[str, Any]]:
-        fatal = None
-        while True:
+    fatal: str | None = None  # the helper's last word, if it said one
+
+    def _receive(self) -> list[dict[str, Any]] | None:
+        """One datagram: the replies it carries, or None (an upcall, kept)."""
+        try:
             data = self.sock.recv(codec.MAX_DATAGRAM)
-            if not data:
-                raise HelperLost(fatal or "the helper closed the channel")
-            try:
-                msg = codec.decode(data)
-                kind = msg["t"]
-                if kind == "replies":
-                    return list(msg["replies"])
-                if kind == "fatal":
-                    fatal = str(msg["error"])
-                else:
-                    self.backlog.append(msg)
-            except (codec.DecodeError, KeyError, TypeError) as exc:
-                raise HelperLost(f"garbled message from the helper: {exc}") from None
+        except BlockingIOError:
+            return None
+        if not data:
+            raise HelperLost(self.fatal or "the helper closed the channel")
+        try:
+            msg = codec.decode(data)
+            kind = msg["t"]
+            if kind == "replies":
+                return list(msg["replies"])
+            if kind == "fatal":
+                self.fatal = str(msg["error"])
+            else:
+                self.backlog.append(msg)
+        except (codec.DecodeError, KeyError, TypeError) as exc:
+            raise HelperLost(f"garbled message from the helper: {exc}") from None
+        return None
+

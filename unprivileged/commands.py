@@ -108,12 +108,15 @@ def group_from_args(args: tuple[str, ...], verb: str) -> Mgroup:
         source, group = addresses(source_text, group_text, verb)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    return Mgroup(IPC, iif, source, group)
+    rule = Mgroup(IPC, iif, source, group)
+    if error := groups.too_large(rule):
+        raise CommandError(error)
+    return rule
 
 
 def join_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
     if any(isinstance(d, Mgroup) and groups.same(d, rule) for d in directives):
-        raise CommandError(f"Already joined {groups.text(rule)} on {rule.iif}")
+        raise CommandError(f"Already joined {groups.error_text(rule)} on {rule.iif}")
     return (*directives, rule)
 
 
@@ -122,7 +125,7 @@ def leave_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directi
     for i, d in enumerate(directives):
         if isinstance(d, Mgroup) and groups.same(d, rule):
             return directives[:i] + directives[i + 1:]
-    raise CommandError(f"No group {groups.text(rule)} on {rule.iif} to leave")
+    raise CommandError(f"No group {groups.error_text(rule)} on {rule.iif} to leave")
 
 
 def edit_directives(directives: tuple[Directive, ...], req: ControlRequest,
@@ -139,6 +142,9 @@ def edit_directives(directives: tuple[Directive, ...], req: ControlRequest,
     join = group_from_args(req.args, req.cmd)
     if req.cmd == "leave":
         return leave_rule(directives, join), join
-    if not match(join.iif, interfaces):
+    names = match(join.iif, interfaces)
+    if not names:
         raise CommandError(f"unknown interface {join.iif}")
+    if not any(interfaces[n].multicast for n in names):
+        raise CommandError(f"interface {join.iif} is not multicast capable")
     return join_rule(directives, join), join

@@ -242,8 +242,11 @@ class _Reader:
         self.directives: list[Directive] = []
         self.diagnostics: list[Diagnostic] = []
         self.stack: list[str] = []  # real paths being read: the include-loop guard
+        self.includes: dict[str, Where] = {}
 
     def file(self, path: str, where: Where | None = None) -> None:
+        if where is not None:
+            self.includes.setdefault(path, where)
         text = self._load(path, where)
         if text is not None:
             self.stack.append(os.path.realpath(path))
@@ -280,7 +283,7 @@ class _Reader:
             return
         pattern = line.tokens[1]
         if not os.path.isabs(pattern):  # relative to the including file, not the cwd
-            pattern = os.path.join(os.path.dirname(line.where.file), pattern)
+            pattern = os.path.join(glob.escape(os.path.dirname(line.where.file)), pattern)
         for path in sorted(glob.glob(pattern)):  # glob(3) order: sorted bytewise
             if os.path.realpath(path) in self.stack:
                 line.error(f"include loop: {path} is already being read")
@@ -319,7 +322,8 @@ class _Reader:
             line.error(str(exc))
 
     def config(self) -> Config:
-        return Config(tuple(self.directives), tuple(self.diagnostics))
+        return Config(tuple(self.directives), tuple(self.diagnostics),
+                      tuple(self.includes.items()))
 
 
 def parse_text(text: str, filename: str) -> Config:

@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from smcroute.ipc.control import ControlRequest, reply
-from smcroute.ipc.helper import AddMfc, SgCount, Upcall
+from smcroute.ipc.helper import AddMfc, Mrdisc, SgCount, Upcall
 from smcroute.policy.control import Access, Peer
 from smcroute.unprivileged import engine, groups, show
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
@@ -25,6 +25,7 @@ from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger
 from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif
+from smcroute.unprivileged.mrdisc import MrdiscState
 from smcroute.unprivileged.netwatch import LinkWatch
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
@@ -55,6 +56,7 @@ class Controller:
         self.upcalls: deque[Upcall] = deque(maxlen=UPCALL_QUEUE)
         self.upcall_task: asyncio.Task[None] | None = None
         self.script: ActionScript | None = None
+        self.mrdisc = MrdiscState(opts.mrdisc_interval, log)
         self.channel: HelperChannel
 
     @property
@@ -81,6 +83,7 @@ class Controller:
             else:
                 self.log.err(f"{self.opts.script} is not executable.")
         self.spawn(self.expiry_loop())
+        self.spawn(self.mrdisc_loop())
         self.spawn(LinkWatch(self.interfaces_changed, self.log.err).run())
         server = None
         if self.control_socket:
@@ -106,6 +109,7 @@ class Controller:
         if self.script:
             self.script.close()
         self.state.memberships.close()
+        self.mrdisc.close()
         if not self.channel.lost:
             await self.teardown()
         self.channel.close()
@@ -158,6 +162,7 @@ class Controller:
                     await self.apply(self.state.changes(target))
                     self.state.adopt(target, asyncio.get_running_loop().time())
                     self.state.directives = loaded.config.directives
+                    await self.mrdisc_update()
             except HelperLost:
                 return False, ["the mrouter helper is gone"]
         if target is not None and self.script:
@@ -202,6 +207,7 @@ class Controller:
             except HelperLost:
                 return
             self.state.adopt(target, asyncio.get_running_loop().time())
+            await self.mrdisc_update()
 
     # -- kernel -------------------------------------------------------------
 
@@ -212,6 +218,29 @@ class Controller:
         if not todo:
             return {}
         return self.state.record_all(todo, await self.channel.call([req for req, _ in todo]))
+
+    # -- mrdisc -------------------------------------------------------------
+
+    async def mrdisc_update(self) -> None:
+        """After a plan is adopted: mrdisc follows its phyint lines."""
+        target = self.state.target
+        if target is None:
+            return
+        await self.mrdisc_send(self.mrdisc.update(target.mrdisc, target.vifs, read_interfaces(),
+                                                  self.channel.next_id))
+
+    async def mrdisc_send(self, reqs: list[Mrdisc]) -> None:
+        if reqs:
+            try:
+                self.mrdisc.check(await self.channel.call(reqs))
+            except HelperLost:
+                pass
+
+    async def mrdisc_loop(self) -> None:
+        await self.mrdisc_update()
+        while True:
+            await asyncio.sleep(self.opts.mrdisc_interval)
+            await self.mrdisc_send(self.mrdisc.announce(self.channel.next_id))
 
     # -- (*,G): upcalls, expiry, flush ---------------------------------------
 
@@ -226,6 +255,11 @@ class Controller:
         while self.upcalls:
             batch = [self.upcalls.popleft()
                      for _ in range(min(UPCALL_BATCH, len(self.upcalls)))]
+            solicits = [u for u in batch if u.kind == "solicit"]
+            if solicits:
+                batch = [u for u in batch if u.kind != "solicit"]
+                await self.mrdisc_send([r for u in solicits
+                                        for r in self.mrdisc.announce(self.channel.next_id, u.vif)])
             async with self.kernel_lock:
                 now = loop.time()
                 flows = self.state.flows
@@ -373,6 +407,7 @@ class Controller:
                 failed = {}
             join_errors = self.state.adopt(target, asyncio.get_running_loop().time())
             self.state.directives = directives
+            await self.mrdisc_update()
         out = []
         for req, result in zip(reqs, results, strict=True):
             if isinstance(result, Mgroup):

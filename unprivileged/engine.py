@@ -55,6 +55,7 @@ class Plan:
     templates: list[Route] = field(default_factory=list)  # (*,G) and range rules
     ssm: list[Route] = field(default_factory=list)  # (S,G) rules, before merging into mfc
     groups: list[Mgroup] = field(default_factory=list)  # joins whose interface exists
+    mrdisc: set[str] = field(default_factory=set)  # interfaces with mrdisc on
     memberships: dict[tuple[int, int, bytes | None, bytes], Membership] = field(
         default_factory=dict)
     pending: list[Pending] = field(default_factory=list)
@@ -98,9 +99,13 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
             for name in names:
                 if d.threshold is not None:
                     thresholds[name] = d.threshold
-                if enable:
-                    usable(name, "phyint", d)
-                else:
+                if enable and usable(name, "phyint", d):
+                    if d.mrdisc:
+                        out.mrdisc.add(name)
+                    else:
+                        out.mrdisc.discard(name)
+                elif not enable:
+                    out.mrdisc.discard(name)
                     slots.release(name)
                     routes = _prune(routes, name)
             continue
@@ -141,14 +146,12 @@ def _multicast(names: list[str], interfaces: Mapping[str, Interface]) -> bool:
 def _mgroup(out: Plan, d: Mgroup, interfaces: Mapping[str, Interface],
             usable: Callable[[str, str, Mgroup], bool]) -> None:
     """A join: every membership it stands for, on every matching interface."""
+    if error := groups.too_large(d):
+        out.diagnostics.append(Diagnostic(error, d.where))
+        return
     names = match(d.iif, interfaces)
     if not _multicast(names, interfaces):
         out.pending.append(Pending(d, (d.iif,), inbound=True))
-        return
-    if (n := groups.size(d)) > groups.MAX_EXPANSION:
-        out.diagnostics.append(Diagnostic(
-            f"mgroup: {groups.text(d)} stands for {n} memberships, at most"
-            f" {groups.MAX_EXPANSION}", d.where))
         return
     if any(groups.same(d, g) for g in out.groups):
         out.diagnostics.append(Diagnostic(

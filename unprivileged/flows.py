@@ -71,7 +71,8 @@ class FlowTable:
 
     def replan(self, target: Plan) -> None:
         """Carry the flows into target (adds their MFC entries to it)."""
-        self._next = learn.replan(target, self.flows)
+        self._next = learn.replan(target, self.flows, self.limits.max_learned,
+                                  self.limits.max_per_rule)
         self._target = target
 
     def adopt(self, installed: Mapping[MfcKey, Mfc], now: float) -> None:

@@ -42,6 +42,13 @@ def size(rule: Mgroup) -> int:
     return sources * 2 ** (rule.group.max_length - rule.group.length)
 
 
+def too_large(rule: Mgroup) -> str | None:
+    n = size(rule)
+    if n <= MAX_EXPANSION:
+        return None
+    return f"mgroup: {text(rule)} stands for {n} memberships, at most {MAX_EXPANSION}"
+
+
 def expand(rule: Mgroup, ifname: str, ifindex: int) -> list[Membership]:
     sources: list[bytes | None] = [None] if rule.source is None else list(addresses(rule.source))
     groups = addresses(rule.group)
@@ -66,3 +73,8 @@ def text(rule: Mgroup, source: bytes | None = None, group: bytes | None = None) 
         return addr if prefix.is_host else f"{addr}/{prefix.length}"
 
     return f"({part(rule.source, source)}, {part(rule.group, group)})"
+
+
+def error_text(rule: Mgroup) -> str:
+    """(S,G) as SMCRoute's join/leave errors print it: no space."""
+    return text(rule).replace(", ", ",")

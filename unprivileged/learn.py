@@ -9,11 +9,12 @@ the kernel stops asking.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smcroute.unprivileged.engine import Plan, Route
-from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif
+from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Prefix, Vif
 
 
 @dataclass(frozen=True)
@@ -68,22 +69,35 @@ def decide(templates: Templates, vifs: Mapping[tuple[int, str], Vif], key: MfcKe
     return flow, entry(flow, route, vifs), route
 
 
-def replan(target: Plan, flows: Mapping[MfcKey, Flow]) -> dict[MfcKey, Flow]:
+def replan(target: Plan, flows: Mapping[MfcKey, Flow], max_learned: int,
+           max_per_rule: int) -> dict[MfcKey, Flow]:
     """Carry the known flows over to a new plan; add their entries to it.
 
     A configured (S,G) route wins over a flow with the same key. A learned
     route whose rule is gone goes (new traffic asks again); a stop filter
-    that a new rule covers becomes a learned route; other stop filters stay.
+    that a new rule covers becomes a learned route, within the budgets
+    (learned routes first, so they keep their place; what does not fit
+    becomes an expiring budget stop filter); other stop filters stay.
     """
     templates = Templates(target.templates)
     kept: dict[MfcKey, Flow] = {}
-    for key, flow in flows.items():
+    total = 0
+    per_rule: Counter[Mroute] = Counter()
+    # learned routes before stop filters: an upgrade must not push one out
+    for key, flow in sorted(flows.items(), key=lambda kv: kv[1].stop):
         if key in target.mfc or (key.family, flow.iif) not in target.vifs:
             continue
         route = templates.match(key.family, flow.iif, key.source, key.group)
         if route is None and not flow.stop:
             continue
-        new = Flow(key, flow.iif, stop=route is None, budget=flow.budget and route is None)
+        budget = flow.budget and flow.stop
+        if route is not None and (budget or total >= max_learned
+                                  or per_rule[route.rule] >= max_per_rule):
+            route, budget = None, True
+        if route is not None:
+            total += 1
+            per_rule[route.rule] += 1
+        new = Flow(key, flow.iif, stop=route is None, budget=budget)
         kept[key] = new
         target.mfc[key] = entry(new, route, target.vifs)
     return kept

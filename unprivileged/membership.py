@@ -133,6 +133,7 @@ class Memberships:
                         entry.full = True
                         self.max_groups[m.family] = max(1, len(entry.groups))
                     continue
+                self._close_empty()
                 if exc.errno == errno.EADDRINUSE:
                     return None  # joined already through an overlapping rule
                 return (f"Failed joining group {_text(m)} on {m.ifname}:"
@@ -140,7 +141,14 @@ class Memberships:
             entry.groups.setdefault((m.ifindex, m.group), set()).add(m.source)
             self.joined[m.key] = (m, entry)
             return None
+        self._close_empty()
         return f"Failed joining group {_text(m)} on {m.ifname}: no socket would take it"
+
+    def _close_empty(self) -> None:
+        """Sockets opened for a join that failed hold nothing: close them."""
+        for entry in [e for e in self.sockets if not e.groups]:
+            self.sockets.remove(entry)
+            entry.sock.close()
 
     def _socket_for(self, m: Membership) -> _Socket:
         for entry in self.sockets:

@@ -105,6 +105,22 @@ Directive = Phyint | Mroute | Mgroup
 class Config:
     directives: tuple[Directive, ...] = ()
     diagnostics: tuple[Diagnostic, ...] = ()
+    includes: tuple[tuple[str, Where], ...] = ()  # included file -> the line that read it
+
+    def reading_order(self, where: Where | None) -> tuple[int, ...]:
+        """A sort key: places in the order the parser read them, through includes."""
+        if where is None:
+            return ()
+        parents = dict(self.includes)
+        key = [where.line]
+        seen = {where.file}
+        while where.file in parents:
+            where = parents[where.file]
+            if where.file in seen:
+                break
+            seen.add(where.file)
+            key.insert(0, where.line)
+        return tuple(key)
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _socket
 import errno
 import os
+import select
 import sys
 import time
 
@@ -39,6 +40,7 @@ COMMANDS = (
 )
 ALIASES = {"del": "remove", "restart": "reload"}
 RETRIES = 30  # connection refused (stale socket file): 100 ms apart
+REPLY_TIMEOUT = 120.0  # a reload of a large configuration takes a while; a hung daemon not
 
 
 class Failure(Exception):
@@ -110,20 +112,41 @@ def connect(settings: Settings) -> _socket.socket:
 
 
 def exchange(settings: Settings, requests: list[ControlRequest]) -> list[dict[str, object]]:
-    """Send every request on one connection, return the replies in order."""
+    """Send every request on one connection, return the replies in order.
+
+    Writing and reading go together: a long batch would otherwise fill both
+    directions' buffers and stall client and daemon alike.
+    """
     sock = connect(settings)
+    data = b"".join(frame(r.to_wire()) for r in requests)
+    sent = 0
+    decoder = Frames(limit=64 * 1024 * 64)
+    replies: list[dict[str, object]] = []
+    sock.setblocking(False)
     try:
-        sock.sendall(b"".join(frame(r.to_wire()) for r in requests))
-        decoder = Frames(limit=64 * 1024 * 64)
-        replies: list[dict[str, object]] = []
         while len(replies) < len(requests):
-            data = sock.recv(256 * 1024)
-            if not data:
-                break
-            try:
-                replies += [r for r in decoder.feed(data) if isinstance(r, dict)]
-            except LiteError as exc:
-                raise Failure(f"garbled reply from the daemon: {exc}") from None
+            readable, writable, _ = select.select(
+                [sock], [sock] if sent < len(data) else [], [], REPLY_TIMEOUT)
+            if not readable and not writable:
+                raise Failure("the daemon did not answer")
+            if writable:
+                try:
+                    sent += sock.send(data[sent:sent + 256 * 1024])
+                except BlockingIOError:
+                    pass
+            if readable:
+                try:
+                    chunk = sock.recv(256 * 1024)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                try:
+                    replies += [r for r in decoder.feed(chunk) if isinstance(r, dict)]
+                except LiteError as exc:
+                    raise Failure(f"garbled reply from the daemon: {exc}") from None
+    except OSError as exc:
+        raise Failure(f"Failed talking to daemon: {exc.strerror}") from None
     finally:
         sock.close()
     if not replies:
@@ -163,8 +186,23 @@ def render(lines: Iterable[str], settings: Settings) -> str:
 
 # -- commands -------------------------------------------------------------
 
-def parse_words(words: list[str], settings: Settings) -> ControlRequest | str | int:
-    """A request, text to print (help/version), or an exit status."""
+class Local:
+    """A command answered without the daemon: what to print, and the status."""
+
+    def __init__(self, out: str = "", err: str = "", status: int = 0) -> None:
+        self.out = out
+        self.err = err
+        self.status = status
+
+    def show(self) -> int:
+        if self.err:
+            sys.stderr.write(self.err)
+        sys.stdout.write(self.out)
+        return self.status
+
+
+def parse_words(words: list[str], settings: Settings) -> ControlRequest | Local:
+    """The request the words ask for, or what to print instead."""
     for i, word in enumerate(words):
         row = lookup(word)
         if row is None:
@@ -174,18 +212,17 @@ def parse_words(words: list[str], settings: Settings) -> ControlRequest | str | 
             settings.help = True
             continue
         if name == "version":
-            return texts.version_text()
+            return Local(texts.version_text())
         args = words[i + 1:]
         if settings.help:
-            return command_help(row)
+            return Local(command_help(row))
         if len(args) < row[1]:
-            print(f"{PROG}: Not enough arguments to command {name}", file=sys.stderr)
-            sys.stdout.write(command_help(row))
-            return 1
+            return Local(command_help(row),
+                         f"{PROG}: Not enough arguments to command {name}\n", 1)
         return ControlRequest(ALIASES.get(name, name), tuple(args), settings.detail,
                               settings.json)
     if settings.help:
-        return texts.SMCROUTECTL_USAGE
+        return Local(texts.SMCROUTECTL_USAGE)
     return ControlRequest("show", (), settings.detail, settings.json)
 
 
@@ -206,7 +243,7 @@ def report(req: ControlRequest, reply: dict[str, object], settings: Settings) ->
 def run_batch(settings: Settings) -> int:
     """-b: one command per line of stdin, all on one connection."""
     status = 0
-    plan: list[ControlRequest | str | int] = []
+    plan: list[ControlRequest | Local] = []
     for raw in sys.stdin:
         line = raw.rstrip("\n")
         if not line.strip() or line.startswith("#"):
@@ -220,10 +257,8 @@ def run_batch(settings: Settings) -> int:
         if isinstance(item, ControlRequest):
             reply = next(replies, {"ok": False, "text": "no reply from the daemon"})
             status += report(item, reply, settings)
-        elif isinstance(item, str):
-            sys.stdout.write(item)
         else:
-            status += item
+            status += item.show()
     return min(status, 255)
 
 
@@ -244,11 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.batch:
             return run_batch(settings)
         what = parse_words(settings.words, settings)
-        if isinstance(what, int):
-            return what
-        if isinstance(what, str):
-            sys.stdout.write(what)
-            return 0
+        if isinstance(what, Local):
+            return what.show()
         (reply,) = exchange(settings, [what])[:1]
         return report(what, reply, settings)
     except Failure as exc:

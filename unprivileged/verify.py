@@ -35,11 +35,7 @@ def check(opts: Options) -> tuple[list[Diagnostic], list[str]]:
         else:
             problems += [Diagnostic(f"mroute: outbound {name} is not a known phyint", p.rule.where)
                          for name in p.missing]
-    files: dict[str, int] = {}
-    for d in problems:  # report in reading order: file by file, line by line
-        if d.where:
-            files.setdefault(d.where.file, len(files))
-    problems.sort(key=lambda d: (files[d.where.file], d.where.line) if d.where else (-1, 0))
+    problems.sort(key=lambda d: config.reading_order(d.where))  # as the parser read them
     return problems, notes
 
 

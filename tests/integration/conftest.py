@@ -21,6 +21,7 @@ import pytest
 from .netns import Netns, Topology, kill_pid, netns_available, pid_alive, remove_stale_netns
 
 SMCROUTED = Path(sys.executable).parent / "smcrouted"
+SMCROUTECTL = Path(sys.executable).parent / "smcroutectl"
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
@@ -164,6 +165,14 @@ class Smcrouted:
         if self.helper is not None and pid_alive(self.helper):
             _reap_if_ours(self.helper)
         return self.proc.returncode
+
+    def ctl(self, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        """``smcroutectl -u SOCK ARGS...`` in the daemon's namespace; the exit
+        status is the caller's to check (returncode, stdout, stderr as text)."""
+        argv = ["ip", "netns", "exec", self.ns.name, str(SMCROUTECTL), "-u", str(self.sock),
+                *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
 
 
 def _reap_if_ours(pid: int) -> None:

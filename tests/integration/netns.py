@@ -20,6 +20,8 @@ import select
 import socket
 import struct
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -606,3 +608,450 @@ def flow(
     finally:
         for r in receivers.values():
             r.close()
+
+
+# --------------------------------------------------------------------------
+# Long-lived senders and the MFC as /proc shows it ((*,G) tests, benchmarks)
+
+
+class McastSender:
+    """A sending socket kept open in ``ns``: bound to ``source``, out of ``ifname``.
+
+    Unlike send(), every datagram goes out of the same socket, so a test can
+    keep one flow alive across a reload, or send to many groups quickly.
+    """
+
+    def __init__(self, ns: Netns, source: str, ifname: str, ttl: int = 8):
+        self.ns, self.source, self.ifname = ns, source, ifname
+        self.family = family_of(source)
+        self.index = ns.ifindex(ifname)
+        sock = ns.socket(self.family)
+        try:
+            if self.family == socket.AF_INET:
+                sock.bind((source, 0))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+                mreqn = struct.pack("4s4si", bytes(4), socket.inet_aton(source), self.index)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            else:
+                sock.bind((source, 0, 0, 0))
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self.index)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def __repr__(self) -> str:
+        return f"McastSender({self.ns.name}/{self.ifname} from {self.source})"
+
+    def dest(self, group: str, port: int) -> tuple:
+        if self.family == socket.AF_INET:
+            return (group, port)
+        return (group, port, 0, self.index)
+
+    def send(self, group: str, port: int, payload: bytes) -> None:
+        self.sock.sendto(payload, self.dest(group, port))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> McastSender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Ticker:
+    """Send one datagram to each group in ``groups`` every ``interval`` seconds,
+    from a thread, until stop() or ``limit`` seconds have passed (bounded).
+
+    ``groups`` may be reassigned while it runs.  Payloads are ``marker`` and
+    a sequence number, like send()'s, so a Receiver with the same marker
+    counts them.
+    """
+
+    def __init__(self, sender: McastSender, groups: Sequence[str], port: int, marker: bytes,
+                 interval: float = 0.05, limit: float = 30.0):
+        self.sender, self.port, self.marker = sender, port, marker
+        self.groups = tuple(groups)
+        self.interval, self.limit = interval, limit
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ticker-{marker!r}", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                for group in self.groups:
+                    self.sender.send(group, self.port, self.marker + b" %d" % self.sent)
+                    self.sent += 1
+                self._stop.wait(self.interval)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop sending; return how many datagrams went out."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        if self.error is not None:
+            raise RuntimeError(f"{self!r} failed") from self.error
+        return self.sent
+
+    def __repr__(self) -> str:
+        return f"Ticker({self.sender!r} -> {self.groups} every {self.interval}s)"
+
+    def __enter__(self) -> Ticker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+
+class MrCacheEntry(NamedTuple):
+    """One line of /proc/net/ip_mr_cache or ip6_mr_cache.
+
+    ``iif`` is the inbound VIF/MIF number, -1 while unresolved (the kernel
+    waits for the daemon); ``oifs`` are (vif, ttl) pairs.
+    """
+
+    source: str
+    group: str
+    iif: int
+    packets: int
+    bytes: int
+    wrong_if: int
+    oifs: tuple[tuple[int, int], ...]
+
+    @property
+    def resolved(self) -> bool:
+        return self.iif >= 0
+
+
+def read_mr_cache(pid: int, family: int) -> list[MrCacheEntry]:
+    """The MFC of the network namespace of process ``pid``, with counters.
+
+    Cheaper than read_mfc() (a file read, no netlink child), so it suits
+    polling; interfaces are VIF numbers here, not names.
+    """
+    name = "ip6_mr_cache" if family == socket.AF_INET6 else "ip_mr_cache"
+    with open(f"/proc/{pid}/net/{name}") as f:
+        lines = f.read().splitlines()[1:]
+    entries = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        group, source = fields[0], fields[1]
+        if family == socket.AF_INET:
+            # the kernel prints the big-endian address as a host-order integer
+            group, source = (
+                socket.inet_ntoa(int(a, 16).to_bytes(4, sys.byteorder)) for a in (group, source)
+            )
+        else:
+            group, source = (str(ipaddress.ip_address(a)) for a in (group, source))
+        oifs = tuple(
+            (int(vif), int(ttl)) for vif, ttl in (o.split(":") for o in fields[6:])
+        )
+        entries.append(
+            MrCacheEntry(source, group, int(fields[2]), int(fields[3]), int(fields[4]),
+                         int(fields[5]), oifs)
+        )
+    return entries
+
+
+# --------------------------------------------------------------------------
+# Group memberships as /proc shows them, and IGMP/MLD reports on the wire
+
+
+def _host_hex_ip4(text: str) -> str:
+    """An IPv4 address the kernel printed as its big-endian value read as a
+    host-order integer (/proc/net/igmp, ip_mr_cache)."""
+    return socket.inet_ntoa(int(text, 16).to_bytes(4, sys.byteorder))
+
+
+def read_igmp(pid: int, family: int = socket.AF_INET) -> dict[str, dict[str, int]]:
+    """Multicast memberships of pid's network namespace, per interface:
+    ``{ifname: {group: users}}`` from /proc/PID/net/igmp (IPv4) or igmp6.
+
+    ``users`` counts the sockets (and kernel users) joined to the group on
+    that interface; groups the kernel joins itself (224.0.0.1, ff02::1, ...)
+    are included.
+    """
+    out: dict[str, dict[str, int]] = {}
+    if family == socket.AF_INET6:
+        with open(f"/proc/{pid}/net/igmp6") as f:
+            for line in f:
+                fields = line.split()  # idx dev addr users flags timer
+                if len(fields) >= 4:
+                    group = str(ipaddress.IPv6Address(bytes.fromhex(fields[2])))
+                    out.setdefault(fields[1], {})[group] = int(fields[3])
+        return out
+    device = None
+    with open(f"/proc/{pid}/net/igmp") as f:
+        next(f, None)  # Idx Device : Count Querier Group Users Timer Reporter
+        for line in f:
+            if not line.strip():
+                continue
+            if not line[0].isspace():  # "3\tr-a       :     3      V3"
+                device = line.split(":", 1)[0].split()[1]
+                out.setdefault(device, {})
+                continue
+            fields = line.split()  # group users timer reporter
+            if device is not None and len(fields) >= 2:
+                out[device][_host_hex_ip4(fields[0])] = int(fields[1])
+    return out
+
+
+# A source-specific membership on lo, so that /proc/net/mcfilter(6) is complete.
+MCFILTER_SENTINEL = {socket.AF_INET: ("232.255.255.254", "192.0.2.1"),
+                     socket.AF_INET6: ("ff3e::ffff:fffe", "2001:db8::1")}
+_MCAST_JOIN_SOURCE_GROUP = 46
+
+
+def _sockaddr_storage(family: int, address: str) -> bytes:
+    packed = socket.inet_pton(family, address)
+    if family == socket.AF_INET:
+        raw = struct.pack("=HH4s", family, 0, packed)
+    else:
+        raw = struct.pack("=HHI16sI", family, 0, 0, packed, 0)
+    return raw.ljust(128, b"\0")
+
+
+@contextlib.contextmanager
+def mcfilter_sentinel(ns: Netns):
+    """Hold an (S,G) membership on ns's lo for both families while reading
+    /proc/net/mcfilter(6) there.
+
+    The kernel's iterator for these files (igmp_mcf_get_first and its IPv6
+    twin) starts at the first device whose *most recently joined* group has
+    sources: every device before it is skipped, so an SSM membership on r-a
+    vanishes from the file as soon as an ASM group is joined on r-a after
+    it.  lo comes first and nothing else joins there, so a sentinel (S,G)
+    on lo makes the files list every source filter.  read_mcfilter() leaves
+    the sentinel out.
+    """
+    index = ns.ifindex("lo")
+    socks = []
+    try:
+        for family, (group, source) in MCFILTER_SENTINEL.items():
+            sock = ns.socket(family)
+            socks.append(sock)
+            level = socket.IPPROTO_IP if family == socket.AF_INET else socket.IPPROTO_IPV6
+            req = (struct.pack("=I4x", index) + _sockaddr_storage(family, group)
+                   + _sockaddr_storage(family, source))
+            sock.setsockopt(level, _MCAST_JOIN_SOURCE_GROUP, req)
+        yield
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def read_mcfilter(pid: int, family: int = socket.AF_INET
+                  ) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Source filters of pid's namespace (SSM joins): ``{(ifname, group,
+    source): (include count, exclude count)}`` from /proc/PID/net/mcfilter(6).
+
+    Complete only while mcfilter_sentinel() is held in that namespace (see
+    there).  The kernel prints at most 6 characters of each interface name.
+    """
+    name = "mcfilter6" if family == socket.AF_INET6 else "mcfilter"
+    out: dict[tuple[str, str, str], tuple[int, int]] = {}
+    with open(f"/proc/{pid}/net/{name}") as f:
+        next(f, None)  # heading
+        for line in f:
+            fields = line.split()  # idx dev group source inc exc
+            if len(fields) < 6:
+                continue
+            if family == socket.AF_INET6:
+                group, source = (str(ipaddress.IPv6Address(bytes.fromhex(a)))
+                                 for a in fields[2:4])
+            else:  # "0x%08x" of the address in host order: reads as written
+                group, source = (socket.inet_ntoa(int(a, 16).to_bytes(4, "big"))
+                                 for a in fields[2:4])
+            if (group, source) != MCFILTER_SENTINEL[family]:
+                out[(fields[1], group, source)] = (int(fields[4]), int(fields[5]))
+    return out
+
+
+# IGMPv3 / MLDv2 group record types (RFC 3376 4.2.12, RFC 3810 5.2.12)
+MODE_IS_INCLUDE, MODE_IS_EXCLUDE = 1, 2
+CHANGE_TO_INCLUDE, CHANGE_TO_EXCLUDE = 3, 4
+ALLOW_NEW_SOURCES, BLOCK_OLD_SOURCES = 5, 6
+IGMP_V2_REPORT, IGMP_V3_REPORT, IGMP_V2_LEAVE = 0x16, 0x22, 0x17
+MLD_V1_REPORT, MLD_V2_REPORT, MLD_V1_DONE = 131, 143, 132
+
+
+class GroupRecord(NamedTuple):
+    """One group of an IGMP or MLD report seen on the wire.
+
+    ``kind`` is the message type (0x22 IGMPv3 report, 0x16 IGMPv2 report,
+    0x17 IGMPv2 leave, 143 MLDv2 report, 131 MLDv1 report, 132 MLDv1 done);
+    ``rtype`` the record type for v3/v2 reports, 0 for the older versions.
+    """
+
+    family: int
+    sender: str  # IP source of the report
+    kind: int
+    rtype: int
+    group: str
+    sources: tuple[str, ...]
+
+
+def parse_reports(frame: bytes) -> list[GroupRecord]:
+    """The group records of an Ethernet frame holding an IGMP or MLD report
+    (anything else, or anything truncated, gives [])."""
+    try:
+        if len(frame) < 14:
+            return []
+        ethertype = struct.unpack_from("!H", frame, 12)[0]
+        if ethertype == 0x0800:
+            return _igmp_records(frame[14:])
+        if ethertype == 0x86DD:
+            return _mld_records(frame[14:])
+    except (struct.error, ValueError, IndexError):
+        pass
+    return []
+
+
+def _igmp_records(ip: bytes) -> list[GroupRecord]:
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_IGMP:
+        return []
+    sender = socket.inet_ntoa(ip[12:16])
+    msg = ip[(ip[0] & 0x0F) * 4:]
+    if len(msg) < 8:
+        return []
+    kind = msg[0]
+    if kind in (IGMP_V2_REPORT, IGMP_V2_LEAVE, 0x12):
+        return [GroupRecord(socket.AF_INET, sender, kind, 0, socket.inet_ntoa(msg[4:8]), ())]
+    if kind != IGMP_V3_REPORT:
+        return []
+    (count,) = struct.unpack_from("!H", msg, 6)
+    out, off = [], 8
+    for _ in range(count):
+        rtype, aux, nsrc = struct.unpack_from("!BBH", msg, off)
+        if len(msg) < off + 8 + 4 * nsrc:
+            raise ValueError("truncated IGMPv3 record")
+        group = socket.inet_ntoa(msg[off + 4:off + 8])
+        sources = tuple(socket.inet_ntoa(msg[off + 8 + 4 * i:off + 12 + 4 * i])
+                        for i in range(nsrc))
+        out.append(GroupRecord(socket.AF_INET, sender, kind, rtype, group, sources))
+        off += 8 + 4 * nsrc + 4 * aux
+    return out
+
+
+def _mld_records(ip6: bytes) -> list[GroupRecord]:
+    if len(ip6) < 40 or ip6[0] >> 4 != 6:
+        return []
+    sender = str(ipaddress.IPv6Address(ip6[8:24]))
+    nxt, off = ip6[6], 40
+    while nxt in (0, 60):  # hop-by-hop (router alert), destination options
+        nxt, off = ip6[off], off + (ip6[off + 1] + 1) * 8
+    if nxt != socket.IPPROTO_ICMPV6:
+        return []
+    msg = ip6[off:]
+    if len(msg) < 8:
+        return []
+    kind = msg[0]
+
+    def addr6(at: int) -> str:
+        raw = msg[at:at + 16]
+        if len(raw) != 16:
+            raise ValueError("truncated MLD address")
+        return str(ipaddress.IPv6Address(raw))
+
+    if kind in (MLD_V1_REPORT, MLD_V1_DONE):
+        return [GroupRecord(socket.AF_INET6, sender, kind, 0, addr6(8), ())]
+    if kind != MLD_V2_REPORT:
+        return []
+    (count,) = struct.unpack_from("!H", msg, 6)
+    out, at = [], 8
+    for _ in range(count):
+        rtype, aux, nsrc = struct.unpack_from("!BBH", msg, at)
+        group = addr6(at + 4)
+        sources = tuple(addr6(at + 20 + 16 * i) for i in range(nsrc))
+        out.append(GroupRecord(socket.AF_INET6, sender, kind, rtype, group, sources))
+        at += 20 + 16 * nsrc + 4 * aux
+    return out
+
+
+class ReportCapture:
+    """Every IGMP/MLD group record arriving on ``ifname`` in ``ns`` (an
+    AF_PACKET socket opened inside that namespace, so it sees only that
+    namespace's veth end).  Open it before the reports are expected."""
+
+    ETH_P_ALL = 0x0003
+
+    def __init__(self, ns: Netns, ifname: str):
+        self.ns, self.ifname = ns, ifname
+        sock = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.ETH_P_ALL))
+        try:
+            sock.bind((ifname, self.ETH_P_ALL))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.records: list[GroupRecord] = []
+
+    def __repr__(self) -> str:
+        return f"ReportCapture({self.ns.name}/{self.ifname})"
+
+    def poll(self, timeout: float = 0.0) -> list[GroupRecord]:
+        """Read what has arrived (waiting up to ``timeout`` for the first
+        frame); return the new records, which are also kept in ``records``."""
+        new: list[GroupRecord] = []
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        while ready:
+            try:
+                frame, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            if addr[2] == socket.PACKET_OUTGOING:
+                continue  # sent by this namespace itself
+            new += parse_reports(frame)
+        self.records += new
+        return new
+
+    def wait(self, predicate, timeout: float) -> bool:
+        """Until predicate(records so far) is true; bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.records):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.poll(min(left, 0.1))
+        return True
+
+    def quiet(self, relevant, gap: float, timeout: float) -> bool:
+        """Until no record satisfying relevant(record) has arrived for
+        ``gap`` seconds (bounded by ``timeout``): the kernel has finished
+        retransmitting its state-change reports."""
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() - last < gap:
+            if time.monotonic() > deadline:
+                return False
+            if any(relevant(r) for r in self.poll(0.1)):
+                last = time.monotonic()
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ReportCapture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,37 +1,35 @@
 """What the controller records after the helper accepts a reload's changes.
 
-Controller.apply() is driven with a fake helper channel that accepts every
-request: no sockets, no helper process. What the controller believes is
-installed must then be exactly the plan, or the next reload diffs against
-the wrong state.
+RouteState (state.py) turns a plan's changes into helper requests and
+records the replies; here it is driven with fake helper channels: one that
+accepts everything, and one that runs the helper's real request handling
+(policy.HelperState + privileged.server.Server) over a fake kernel. No
+sockets, no helper process. What the controller believes is installed must
+then be exactly the plan, or the next reload diffs against the wrong state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
 from smcroute.ipc.helper import AddVif, Request, to_wire
 from smcroute.policy.helper import HelperState, parse_request
 from smcroute.privileged.server import Server
+from smcroute.unprivileged import state as state_module
+from smcroute.unprivileged.boot import Booted
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.controller import Controller
 from smcroute.unprivileged.engine import Plan, diff, plan
 from smcroute.unprivileged.model import Interface
 from smcroute.unprivileged.options import Options
+from smcroute.unprivileged.state import RouteState
 
-
-class FakeLog:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        def log(event: str, **kw: Any) -> None:
-            self.lines.append((level, event))
-        return log
+from .fakes import FakeKernel, FakeLog
 
 
 class AcceptingChannel:
@@ -44,15 +42,9 @@ class AcceptingChannel:
     def next_id(self) -> int:
         return next(self._ids)
 
-    async def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
+    def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
         self.sent += reqs
         return [{"id": r.id, "ok": True} for r in reqs]
-
-
-def controller() -> Controller:
-    c = Controller(Options(), FakeLog(), None, None, None)  # type: ignore[arg-type]
-    c.channel = AcceptingChannel()  # type: ignore[assignment]
-    return c
 
 
 def make_plan(text: str, ifs: dict[str, Interface], installed: Any) -> Plan:
@@ -70,78 +62,99 @@ def by_slot(target: Plan) -> dict[tuple[int, int], Any]:
     return {(v.family, v.vif): v for v in target.vifs.values()}
 
 
-def load(c: Controller, text: str, ifs: dict[str, Interface]) -> Plan:
-    target = make_plan(text, ifs, c.vifs)
-    asyncio.run(c.apply(diff(c.vifs, c.mfc, target)))
+def load(state: RouteState, channel: Any, text: str, ifs: dict[str, Interface]) -> Plan:
+    """What boot and reload do: plan over what is installed, send, record."""
+    target = make_plan(text, ifs, state.vifs)
+    todo = state.requests(state.changes(target), channel.next_id)
+    state.record_all(todo, channel.call([req for req, _ in todo]))
     return target
 
 
+def fresh() -> tuple[RouteState, AcceptingChannel]:
+    return RouteState(FakeLog()), AcceptingChannel()  # type: ignore[arg-type]
+
+
 def test_initial_load_records_the_plan() -> None:
-    c = controller()
-    target = load(c, TEXT, IFS)
-    assert c.vifs == by_slot(target)
-    assert set(c.mfc) == set(target.mfc)
+    state, channel = fresh()
+    target = load(state, channel, TEXT, IFS)
+    assert state.vifs == by_slot(target)
+    assert set(state.mfc) == set(target.mfc)
+    assert state.mfc == target.mfc
 
 
 def test_reload_with_unused_interface_records_the_plan() -> None:
-    c = controller()
-    load(c, TEXT + " a3", IFS)
-    target = load(c, TEXT, IFS)
-    assert c.vifs == by_slot(target)
-    assert set(c.mfc) == set(target.mfc)
+    state, channel = fresh()
+    load(state, channel, TEXT + " a3", IFS)
+    target = load(state, channel, TEXT, IFS)
+    assert state.vifs == by_slot(target)
+    assert set(state.mfc) == set(target.mfc)
 
 
 def test_recreated_interface_keeps_its_new_vif() -> None:
     # a1 is deleted and created again (new ifindex): the reload adds its new
-    # VIF/MIF and deletes the old ones. Both have the key (family, "a1"); the
+    # VIF/MIF and deletes the old ones. Both belong to the name a1; the
     # delete of the old slot must not make the controller forget the new one.
-    c = controller()
-    load(c, TEXT, IFS)
+    state, channel = fresh()
+    load(state, channel, TEXT, IFS)
     ifs = dict(IFS)
     ifs["a1"] = Interface("a1", 99, True)
-    target = load(c, TEXT, ifs)
+    target = load(state, channel, TEXT, ifs)
     assert target.vifs[(4, "a1")].ifindex == 99
-    assert c.vifs == by_slot(target)
-    assert set(c.mfc) == set(target.mfc)
+    assert state.vifs == by_slot(target)
+    assert set(state.mfc) == set(target.mfc)
     # and the next reload, with nothing changed, has nothing to do
-    assert not diff(c.vifs, c.mfc, make_plan(TEXT, ifs, c.vifs))
+    assert not diff(state.vifs, state.mfc, make_plan(TEXT, ifs, state.vifs))
+
+
+def test_reload_to_nothing_and_back() -> None:
+    state, channel = fresh()
+    first = load(state, channel, TEXT, IFS)
+    load(state, channel, "", IFS)
+    assert state.vifs == {} and state.mfc == {}
+    again = load(state, channel, TEXT, IFS)
+    assert state.vifs == by_slot(again) == by_slot(first)
+
+
+# -- through the controller (Controller.apply delegates to its RouteState) ----------------------
+
+
+class AsyncChannel:
+    """The event-loop channel's interface over a synchronous fake."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def next_id(self) -> int:
+        return int(self.inner.next_id())
+
+    async def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
+        return list(self.inner.call(reqs))
+
+
+def controller(inner: Any) -> Controller:
+    log = FakeLog()
+    state = RouteState(log)  # type: ignore[arg-type]
+    booted = Booted(channel=None, state=state, applied=True)  # type: ignore[arg-type]
+    c = Controller(Options(), log, None, booted, None)  # type: ignore[arg-type]
+    c.channel = AsyncChannel(inner)  # type: ignore[assignment]
+    return c
+
+
+def test_controller_apply_records_into_its_state() -> None:
+    inner = AcceptingChannel()
+    c = controller(inner)
+    assert c.vifs is c.booted.state.vifs and c.mfc is c.booted.state.mfc
+    target = make_plan(TEXT, IFS, c.vifs)
+    asyncio.run(c.apply(diff(c.vifs, c.mfc, target)))
+    assert c.vifs == by_slot(target)
+    assert c.mfc == target.mfc
+    assert len(inner.sent) == len(target.vifs) + len(target.mfc)
+    # nothing to do: nothing is sent
+    asyncio.run(c.apply(diff(c.vifs, c.mfc, make_plan(TEXT, IFS, c.vifs))))
+    assert len(inner.sent) == len(target.vifs) + len(target.mfc)
 
 
 # -- the same, through the helper's real request handling and a fake kernel ----------------------
-
-
-class FakeKernel:
-    """The kernel's VIF tables as far as MRT_ADD_VIF/MRT_DEL_VIF go (SPEC 5.2).
-
-    When a device is unregistered the kernel deletes its VIF/MIF on its own;
-    a later MRT_DEL_VIF of that slot fails with EADDRNOTAVAIL.
-    """
-
-    table = 0
-
-    def __init__(self) -> None:
-        self.vifs: dict[int, dict[int, int]] = {4: {}, 6: {}}
-
-    def add_vif(self, family: int, vif: int, ifindex: int, threshold: int) -> None:
-        if vif in self.vifs[family]:
-            raise OSError(errno.EADDRINUSE, "in use")
-        self.vifs[family][vif] = ifindex
-
-    def del_vif(self, family: int, vif: int) -> None:
-        if vif not in self.vifs[family]:
-            raise OSError(errno.EADDRNOTAVAIL, "no such vif")
-        del self.vifs[family][vif]
-
-    def add_mfc(self, *args: Any) -> None:
-        pass
-
-    def del_mfc(self, *args: Any) -> None:
-        pass
-
-    def unregister(self, ifindex: int) -> None:
-        for table in self.vifs.values():
-            for vif in [v for v, i in table.items() if i == ifindex]:
-                del table[vif]
 
 
 class HelperChannel:
@@ -155,7 +168,7 @@ class HelperChannel:
     def next_id(self) -> int:
         return next(self._ids)
 
-    async def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
+    def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
         replies = []
         for req in reqs:
             reply = self.server.execute(parse_request(to_wire(req)))
@@ -167,21 +180,83 @@ class HelperChannel:
 
 def test_vanished_interface_slot_can_be_used_again() -> None:
     kernel = FakeKernel()
-    c = controller()
-    c.channel = HelperChannel(kernel)  # type: ignore[assignment]
-    load(c, TEXT, IFS)  # a1 -> 0, a2 -> 1
-    assert c.channel.refused == []  # type: ignore[attr-defined]
+    state = RouteState(FakeLog())  # type: ignore[arg-type]
+    channel = HelperChannel(kernel)
+    load(state, channel, TEXT, IFS)  # a1 -> 0, a2 -> 1
+    assert channel.refused == []
     # a1 is unplugged: the kernel drops its VIF and MIF by itself
     kernel.unregister(IFS["a1"].index)
     ifs = {k: v for k, v in IFS.items() if k != "a1"}
-    load(c, "phyint a2", ifs)
+    load(state, channel, "phyint a2", ifs)
     # a new interface appears and is used: it must get a working VIF/MIF
     ifs["a3"] = Interface("a3", 50, True)
-    target = load(c, "phyint a2\nmroute from a3 source 10.0.0.9 group 225.1.2.3 to a2", ifs)
-    refused_adds = [(req, reply["error"]) for req, reply in c.channel.refused  # type: ignore
+    target = load(state, channel, "phyint a2\nmroute from a3 source 10.0.0.9 group 225.1.2.3"
+                  " to a2", ifs)
+    refused_adds = [(req, reply["error"]) for req, reply in channel.refused
                     if isinstance(req, AddVif)]
     assert refused_adds == []
-    assert c.vifs == by_slot(target)
+    assert state.vifs == by_slot(target)
     for family in (4, 6):
-        assert kernel.vifs[family] == {v.vif: v.ifindex for (fam, _), v in c.vifs.items()
+        assert kernel.vifs[family] == {v.vif: v.ifindex for (fam, _), v in state.vifs.items()
                                        if fam == family}
+    assert channel.server.state.vifs == kernel.vifs
+
+
+def test_vanished_interface_through_the_controller() -> None:
+    kernel = FakeKernel()
+    inner = HelperChannel(kernel)
+    c = controller(inner)
+    target = make_plan(TEXT, IFS, c.vifs)
+    asyncio.run(c.apply(c.state.changes(target)))
+    kernel.unregister(IFS["a1"].index)
+    ifs = {k: v for k, v in IFS.items() if k != "a1"}
+    ifs["a3"] = Interface("a3", 50, True)
+    target = make_plan("mroute from a3 source 10.0.0.9 group 225.1.2.3 to a2", ifs, c.vifs)
+    asyncio.run(c.apply(c.state.changes(target)))
+    assert [req for req, _ in inner.refused if isinstance(req, AddVif)] == []
+    assert c.vifs == by_slot(target)
+    assert inner.server.state.vifs == kernel.vifs
+    assert set(kernel.mfc) == {(k.family, k.source, k.group) for k in c.mfc}
+
+
+# -- reload through the controller: the file, the plan, the helper, the record ------------------
+
+
+def test_reload_applies_the_file_or_changes_nothing(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "read_interfaces", lambda: IFS)
+    path = tmp_path / "smcroute.conf"
+    kernel = FakeKernel()
+    inner = HelperChannel(kernel)
+    c = controller(inner)
+    c.opts = Options(conf=str(path))
+    log: FakeLog = c.log  # type: ignore[assignment]
+
+    def kernel_routes() -> dict[tuple[int, bytes, bytes], Any]:
+        return dict(kernel.mfc)
+
+    path.write_text(TEXT + " a3\n")
+    asyncio.run(c.reload())
+    assert by_name(c.vifs) == {"a1": 0, "a2": 1, "a3": 2}
+    assert list(kernel_routes().values()) == [(0, ((1, 1), (2, 1)))]
+    assert log.at("notice")[-1] == "Ready, waiting for client request or kernel event."
+
+    path.write_text(TEXT + "\n")  # a3 is no longer used: its VIF goes
+    asyncio.run(c.reload())
+    assert by_name(c.vifs) == {"a1": 0, "a2": 1}
+    assert kernel.vifs[4] == {0: IFS["a1"].index, 1: IFS["a2"].index}
+    assert list(kernel_routes().values()) == [(0, ((1, 1),))]
+
+    before = (dict(c.vifs), dict(c.mfc), kernel_routes(), dict(kernel.vifs[4]))
+    path.write_text("mroute from a1\n")  # rejected whole: the running state stays
+    asyncio.run(c.reload())
+    assert (dict(c.vifs), dict(c.mfc), kernel_routes(), dict(kernel.vifs[4])) == before
+    assert log.at("warning")[-1] == (f"Parse error in {path}, configuration not applied,"
+                                     " keeping the running one")
+    assert inner.refused == []
+
+
+def by_name(vifs: dict[tuple[int, int], Any]) -> dict[str, int]:
+    v4 = {v.name: v.vif for (family, _), v in vifs.items() if family == 4}
+    assert v4 == {v.name: v.vif for (family, _), v in vifs.items() if family == 6}
+    return v4

@@ -235,7 +235,7 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_encodings())
 def test_property_mutated_encodings(data: bytes) -> None:
     decode_only_raises_decode_error(data)

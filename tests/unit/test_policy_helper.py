@@ -19,6 +19,7 @@ from smcroute.ipc.helper import (
     DelVif,
     Hello,
     Modules,
+    Mrdisc,
     SgCount,
     to_wire,
 )
@@ -52,10 +53,12 @@ def valid(op: str, family: int = 4) -> dict[str, Any]:
                     "iif": 0, "oifs": [[2, 3], [1, 1]]},
         "del_mfc": {"op": "del_mfc", "id": 6, "family": family, "source": src, "group": grp},
         "sg_count": {"op": "sg_count", "id": 7, "family": family, "source": src, "group": grp},
+        "mrdisc": {"op": "mrdisc", "id": 8, "vif": 0, "interval": 20, "terminate": False},
     }[op])
 
 
-ALL_OPS = ("hello", "modules", "add_vif", "del_vif", "add_mfc", "del_mfc", "sg_count")
+ALL_OPS = ("hello", "modules", "add_vif", "del_vif", "add_mfc", "del_mfc", "sg_count",
+           "mrdisc")
 FAMILY_OPS = ("add_vif", "del_vif", "add_mfc", "del_mfc", "sg_count")
 ADDR_OPS = ("add_mfc", "del_mfc", "sg_count")
 # The key sets, written out independently of smcroute.ipc.helper.FIELDS.
@@ -67,6 +70,7 @@ KEYS = {
     "add_mfc": {"op", "id", "family", "source", "group", "iif", "oifs"},
     "del_mfc": {"op", "id", "family", "source", "group"},
     "sg_count": {"op", "id", "family", "source", "group"},
+    "mrdisc": {"op", "id", "vif", "interval", "terminate"},
 }
 
 
@@ -361,7 +365,7 @@ def test_iif_among_oifs_whatever_the_iif() -> None:
 
 def test_batch_of_valid_requests() -> None:
     reqs = parse_batch([valid(op, fam) for op in ALL_OPS for fam in (4, 6)])
-    assert len(reqs) == 14
+    assert len(reqs) == 2 * len(ALL_OPS)
     assert [r.op for r in reqs[::2]] == list(ALL_OPS)
 
 
@@ -559,6 +563,11 @@ def independent_invariants(msg: Any, req: Any) -> None:
     assert type(msg["id"]) is int and 0 <= msg["id"] <= MAX_ID and req.id == msg["id"]
     if op in ("hello", "modules"):
         return
+    if op == "mrdisc":
+        assert type(msg["vif"]) is int and 0 <= msg["vif"] <= 31 and req.vif == msg["vif"]
+        assert type(msg["interval"]) is int and 4 <= msg["interval"] <= 180
+        assert type(msg["terminate"]) is bool and req.terminate == msg["terminate"]
+        return
     family = msg["family"]
     assert type(family) is int and family in (4, 6) and req.family == family
     if op in ("add_vif", "del_vif"):
@@ -609,6 +618,10 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     op = draw(st.sampled_from(ALL_OPS))
     msg: dict[str, Any] = {"op": op, "id": draw(st.integers(0, MAX_ID))}
     if op in ("hello", "modules"):
+        return msg
+    if op == "mrdisc":
+        msg.update(vif=draw(st.integers(0, 31)), interval=draw(st.integers(4, 180)),
+                   terminate=draw(st.booleans()))
         return msg
     family = draw(st.sampled_from([4, 6]))
     msg["family"] = family
@@ -692,7 +705,7 @@ def test_property_valid_requests_are_accepted(msg: dict[str, Any]) -> None:
     assert parse_request(to_wire(req)) == req
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_requests())
 def test_property_mutated_requests(msg: Any) -> None:
     accepts_or_violates(msg)
@@ -717,3 +730,33 @@ def test_property_batches(batch: Any) -> None:
     assert type(batch) is list and 1 <= len(batch) <= limits.MAX_BATCH
     for msg, req in zip(batch, reqs, strict=True):
         independent_invariants(msg, req)
+
+
+# -- mrdisc ------------------------------------------------------------------
+
+
+def test_mrdisc_parses() -> None:
+    assert parse_request(valid("mrdisc")) == Mrdisc(8, 0, 20, False)
+    assert parse_request(with_(valid("mrdisc"), terminate=True)).terminate is True
+
+
+@pytest.mark.parametrize("changes", [
+    {"vif": 32}, {"vif": -1}, {"vif": True}, {"interval": 3}, {"interval": 181},
+    {"interval": 20.0}, {"terminate": 1}, {"terminate": None},
+])
+def test_mrdisc_shape_is_checked(changes: dict[str, Any]) -> None:
+    with pytest.raises(Violation):
+        parse_request(with_(valid("mrdisc"), **changes))
+
+
+def test_mrdisc_needs_an_ipv4_vif_the_helper_added() -> None:
+    state = HelperState()
+    req = parse_request(valid("mrdisc"))
+    with pytest.raises(Refusal) as exc:
+        check(req, state)
+    assert exc.value.errno == errno.ENODEV
+    state.vifs[6][0] = 2  # a MIF is not enough: mrdisc is IPv4
+    with pytest.raises(Refusal):
+        check(req, state)
+    state.vifs[4][0] = 2
+    check(req, state)
