@@ -37,6 +37,38 @@ class HelperChannel:
     def next_id(self) -> int:
         return next(self._ids)
 
+    def can_send_now(self) -> bool:
+        return not self.lost and not self._send_lock.locked()
+
+    def send_now(self, reqs: Sequence[Request],
+                 done: Callable[[list[dict[str, Any]]], None]) -> bool:
+        """Send without awaiting (from a callback, where every loop turn is
+        latency); done(replies) runs when they arrive. False: not sent, the
+        socket is busy; use call()."""
+        replies, wire = screen(reqs)
+        if not self.can_send_now() or len(wire) > MAX_BATCH:
+            return False
+        if wire:
+            try:
+                self.sock.send(codec.encode(wire))
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._lose(f"cannot write to the helper: {exc.strerror}")
+                return True
+        future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
+
+        def finished(f: asyncio.Future[list[dict[str, Any]]]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                done(merge(replies, f.result()))
+
+        future.add_done_callback(finished)
+        if wire:
+            self._waiting.append(future)
+        else:
+            future.set_result([])
+        return True
+
     async def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
         """Send requests, return one reply per request, in order."""
         replies, wire = screen(reqs)

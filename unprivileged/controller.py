@@ -9,12 +9,12 @@ import os
 import signal
 import socket
 import subprocess
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Coroutine
 from typing import Any
 
 from smcroute.ipc.control import ControlRequest, reply
-from smcroute.ipc.helper import AddMfc, Mrdisc, SgCount, Upcall
+from smcroute.ipc.helper import AddMfc, Mrdisc, Request, SgCount, Upcall
 from smcroute.policy.control import Access, Peer
 from smcroute.unprivileged import engine, groups, show
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
@@ -22,6 +22,7 @@ from smcroute.unprivileged.channel import HelperLost
 from smcroute.unprivileged.channel_async import HelperChannel
 from smcroute.unprivileged.commands import IPC, CommandError, edit_directives
 from smcroute.unprivileged.ctlserver import ControlServer
+from smcroute.unprivileged.flows import Decision
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger
 from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif
@@ -245,9 +246,49 @@ class Controller:
     # -- (*,G): upcalls, expiry, flush ---------------------------------------
 
     def on_upcalls(self, upcalls: list[Upcall]) -> None:
+        """Kernel upcalls: installed right here when nothing else is going on
+        (the kernel holds the flow's first packets until then), else queued."""
+        if not self.upcalls and not self.kernel_lock.locked() and self.channel.can_send_now() \
+                and all(u.kind != "solicit" for u in upcalls):
+            now = asyncio.get_running_loop().time()
+            decisions, reqs = self.decide_upcalls(upcalls, now)
+            if not reqs or self.channel.send_now(
+                    reqs, lambda replies: self.upcalls_done(decisions, reqs, replies, now)):
+                return
+            for d in decisions:  # not sent after all: the queue below decides again
+                self.state.flows.abandoned(d)
         self.upcalls.extend(upcalls)
         if self.upcall_task is None or self.upcall_task.done():
             self.upcall_task = self.spawn(self.handle_upcalls())
+
+    def decide_upcalls(self, batch: list[Upcall], now: float) -> tuple[list[Decision],
+                                                                         list[Request]]:
+        """What to install for these upcalls (in flight until upcalls_done)."""
+        flows = self.state.flows
+        decisions = flows.decide(batch, now, self.state.vif_name,
+                                 ChainMap(self.mfc, flows.inflight))
+        ch = self.channel
+        reqs: list[Request] = [AddMfc(ch.next_id(), d.mfc.key.family, d.mfc.key.source,
+                                      d.mfc.key.group, d.mfc.iif, d.mfc.oifs) for d in decisions]
+        return decisions, reqs
+
+    def upcalls_done(self, decisions: list[Decision], reqs: list[Request],
+                     replies: list[dict[str, Any]], now: float) -> None:
+        """The helper's answers to decide_upcalls' requests."""
+        flows = self.state.flows
+        for d, req, answer in zip(decisions, reqs, replies, strict=True):
+            self.state.record(req, d.mfc, answer)
+            if not answer.get("ok"):
+                flows.abandoned(d)
+                continue
+            flows.installed(d, now)
+            if d.rule is None:
+                continue
+            if d.moved_from is not None:
+                word = "WRONGVIF" if d.mfc.key.family == 4 else "WRONGMIF"
+                self.log.notice(f"Moved {sg(d.mfc.key)} inbound to {d.flow.iif} after {word}")
+            if self.script:
+                self.script.run("install", addr(d.mfc.key.source), addr(d.mfc.key.group))
 
     async def handle_upcalls(self) -> None:
         """Install a learned route or a stop filter per new flow, in batches."""
@@ -262,31 +303,14 @@ class Controller:
                                         for r in self.mrdisc.announce(self.channel.next_id, u.vif)])
             async with self.kernel_lock:
                 now = loop.time()
-                flows = self.state.flows
-                decisions = flows.decide(batch, now, self.state.vif_name, self.mfc)
-                if not decisions:
+                decisions, reqs = self.decide_upcalls(batch, now)
+                if not reqs:
                     continue
-                ch = self.channel
-                reqs = [AddMfc(ch.next_id(), d.mfc.key.family, d.mfc.key.source,
-                               d.mfc.key.group, d.mfc.iif, d.mfc.oifs) for d in decisions]
                 try:
-                    replies = await ch.call(reqs)
+                    replies = await self.channel.call(reqs)
                 except HelperLost:
                     return
-                for d, req, reply in zip(decisions, reqs, replies, strict=True):
-                    self.state.record(req, d.mfc, reply)
-                    if not reply.get("ok"):
-                        continue
-                    flows.installed(d, now)
-                    if d.rule is None:
-                        continue
-                    if d.moved_from is not None:
-                        word = "WRONGVIF" if d.mfc.key.family == 4 else "WRONGMIF"
-                        self.log.notice(f"Moved {sg(d.mfc.key)} inbound to {d.flow.iif}"
-                                        f" after {word}")
-                    if self.script:
-                        self.script.run("install", addr(d.mfc.key.source),
-                                        addr(d.mfc.key.group))
+                self.upcalls_done(decisions, reqs, replies, now)
 
     def expiry_period(self) -> float:
         """Sample often enough that an idle flow goes within ~10% of -c."""

@@ -63,9 +63,22 @@ class FlowTable:
     vifs_by_name: dict[tuple[int, str], Vif] = field(default_factory=dict)
     throttle: Throttle = field(default_factory=Throttle)
     _next: dict[MfcKey, Flow] = field(default_factory=dict)
+    # Budget bookkeeping, kept incrementally (a flood must not cost O(flows)
+    # per upcall), counting installed and in-flight decisions alike.
+    learned: Counter[Mroute] = field(default_factory=Counter)  # learned routes per rule
+    total: int = 0  # learned routes
+    stops: int = 0  # stop filters
+    inflight: dict[MfcKey, Decision] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.limits.upcall_rate, self.limits.upcall_rate)
+
+    def _count(self, rule: Mroute | None, step: int) -> None:
+        if rule is None:
+            self.stops += step
+        else:
+            self.learned[rule] += step
+            self.total += step
 
     # -- plans (startup, reload) -------------------------------------------
 
@@ -87,16 +100,19 @@ class FlowTable:
                 if route is not None:
                     self.rules[key] = route.rule
         self.activity = {k: self.activity.get(k) or Activity(now, now) for k in self.flows}
+        self.learned = Counter(self.rules.values())
+        self.total = len(self.rules)
+        self.stops = len(self.flows) - self.total
+        for d in self.inflight.values():
+            self._count(d.rule, 1)
 
     # -- upcalls -----------------------------------------------------------
 
     def decide(self, upcalls: Iterable[Upcall], now: float,
                vif_name: Callable[[int, int], str | None],
                installed: Mapping[MfcKey, Mfc]) -> list[Decision]:
-        """What to install for a batch of upcalls (duplicates dropped)."""
-        learned = Counter(self.rules.values())
-        total = len(self.rules)
-        stops = len(self.flows) - total
+        """What to install for a batch of upcalls (duplicates dropped). The
+        decisions count against the budgets until installed() or abandoned()."""
         out: list[Decision] = []
         seen: set[MfcKey] = set()
         for u in upcalls:
@@ -112,6 +128,8 @@ class FlowTable:
             if u.kind == "wrongvif":
                 moved = self._wrongvif(key, iif, installed)
                 if moved:
+                    self._count(moved.rule, 1)
+                    self.inflight[key] = moved
                     out.append(moved)
                 continue
             if u.kind != "nocache":
@@ -126,27 +144,25 @@ class FlowTable:
                 continue
             route = self.templates.match(key.family, iif, key.source, key.group)
             budget = False
-            if route is not None and (total >= self.limits.max_learned
-                                      or learned[route.rule] >= self.limits.max_per_rule):
+            if route is not None and (self.total >= self.limits.max_learned
+                                      or self.learned[route.rule] >= self.limits.max_per_rule):
                 self._quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
                                        " new flows get expiring stop filters", now)
                 route, budget = None, True
-            if route is None and stops >= self.limits.max_learned:
+            if route is None and self.stops >= self.limits.max_learned:
                 self._quiet("stops", f"stop filter budget of {self.limits.max_learned}"
                                      " exhausted: new flows ignored for now", now)
                 continue
             flow = learn.Flow(key, iif, stop=route is None, budget=budget)
-            if route is None:
-                stops += 1
-                if self.verbose and not budget:
-                    s, g = _text(key)
-                    self.log.info(f"Multicast from {s}, group {g}, on {iif} does not match"
-                                  " any (*,G) rule")
-            else:
-                total += 1
-                learned[route.rule] += 1
-            out.append(Decision(flow, learn.entry(flow, route, self.vifs_by_name),
-                                route.rule if route else None))
+            if route is None and self.verbose and not budget:
+                s, g = _text(key)
+                self.log.info(f"Multicast from {s}, group {g}, on {iif} does not match"
+                              " any (*,G) rule")
+            d = Decision(flow, learn.entry(flow, route, self.vifs_by_name),
+                         route.rule if route else None)
+            self._count(d.rule, 1)
+            self.inflight[key] = d
+            out.append(d)
         return out
 
     def _wrongvif(self, key: MfcKey, iif: str, installed: Mapping[MfcKey, Mfc]
@@ -174,12 +190,20 @@ class FlowTable:
     def installed(self, d: Decision, now: float) -> None:
         """The kernel took the decision's entry."""
         key = d.flow.key
+        self.inflight.pop(key, None)
+        if key in self.flows:  # a WRONGVIF move replaces a flow: uncount the old one
+            self._count(self.rules.get(key), -1)
         self.flows[key] = d.flow
         if d.rule is not None:
             self.rules[key] = d.rule
         else:
             self.rules.pop(key, None)
         self.activity[key] = Activity(now, now)
+
+    def abandoned(self, d: Decision) -> None:
+        """The kernel refused the decision's entry."""
+        if self.inflight.pop(d.flow.key, None) is not None:
+            self._count(d.rule, -1)
 
     # -- expiry ------------------------------------------------------------
 
@@ -203,8 +227,8 @@ class FlowTable:
 
     def forget(self, keys: Iterable[MfcKey]) -> None:
         for key in keys:
-            self.flows.pop(key, None)
-            self.rules.pop(key, None)
+            if self.flows.pop(key, None) is not None:
+                self._count(self.rules.pop(key, None), -1)
             self.activity.pop(key, None)
 
     def _quiet(self, what: str, text: str, now: float) -> None:

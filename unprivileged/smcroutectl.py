@@ -134,11 +134,15 @@ def exchange(settings: Settings, requests: list[ControlRequest]) -> list[dict[st
                     sent += sock.send(data[sent:sent + 256 * 1024])
                 except BlockingIOError:
                     pass
+                except OSError:  # the daemon closed (a refusal): read what it said
+                    sent = len(data)
             if readable:
                 try:
                     chunk = sock.recv(256 * 1024)
                 except BlockingIOError:
                     continue
+                except ConnectionResetError:
+                    break
                 if not chunk:
                     break
                 try:
