@@ -26,8 +26,20 @@ class PrivilegeError(RuntimeError):
 
 
 def _last_cap() -> int:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
+    """The highest capability this kernel knows. /proc/sys may be hidden (a
+    service's ProcSubset=pid): then what prctl knows; verify() still checks
+    the result, so a newer kernel's extra capability cannot slip through."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return prctl.CAP_LAST_CAP
+
+
+def effective(*caps: int) -> bool:
+    """Do we hold all these capabilities (effective set)?"""
+    mask = int(status_fields()["CapEff"], 16)
+    return all(mask & (1 << cap) for cap in caps)
 
 
 def status_fields() -> dict[str, str]:
@@ -41,7 +53,7 @@ def drop_privileges(creds: Credentials | None, keep: tuple[int, ...]) -> None:
     keep is in permitted and effective; inheritable, ambient and every other
     bounding-set capability are gone, and no_new_privs is set.
     """
-    if creds is None:
+    if creds is None and os.getuid() == 0:
         # Staying uid 0: make sure an execve can never turn it back into
         # full root (needs CAP_SETPCAP, so before the bounding set goes).
         prctl.securebits.noroot = True

@@ -28,12 +28,15 @@ from smcroute.unprivileged.log import Logger
 from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif
 from smcroute.unprivileged.mrdisc import MrdiscState
 from smcroute.unprivileged.netwatch import LinkWatch
+from smcroute.unprivileged.notify import notify
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
 from smcroute.unprivileged.script import ActionScript, usable
 from smcroute.unprivileged.state import addr, load_plan, log_diagnostic, sg
 
 EDITS = ("add", "remove", "join", "leave")
+READY = "Ready, waiting for client request or kernel event."
+RELOADING = "Reloading configuration, please wait ..."
 UPCALL_BATCH = 4096
 UPCALL_QUEUE = 65_536  # beyond this, upcalls are dropped (the kernel asks again)
 
@@ -102,6 +105,7 @@ class Controller:
         if self.opts.exit_delay:
             loop.call_later(self.opts.exit_delay, self.exit_delay_expired)
         await self.stopping.wait()
+        notify("STOPPING=1", "STATUS=Exiting.")
         if server:
             server.close()
             self.remove_socket_file()
@@ -144,7 +148,8 @@ class Controller:
                 self.pidfile.write()
             except OSError as exc:
                 self.log.warning(f"Failed create/chown PID file: {exc.strerror}")
-        self.log.notice("Ready, waiting for client request or kernel event.")
+        self.log.notice(READY)
+        notify("READY=1", f"STATUS={READY}", f"MAINPID={os.getpid()}")
 
     def exit_delay_expired(self) -> None:
         self.log.notice("Exit delay timer expired.")
@@ -154,7 +159,8 @@ class Controller:
         """Re-read the config; the kernel ends up holding exactly it (plus
         the learned flows it still covers), or nothing changes. Returns
         whether it was applied, and the errors that stopped it."""
-        self.log.notice("Reloading configuration, please wait ...")
+        self.log.notice(RELOADING)
+        notify("RELOADING=1", f"STATUS={RELOADING}")
         async with self.kernel_lock:
             loaded = load_plan(self.opts, self.log, self.vifs, initial=False)
             target = loaded.target

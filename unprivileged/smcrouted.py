@@ -81,7 +81,22 @@ def raise_nofile_limit() -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):  # e.g. a seccomp filter: the soft limit will do
+            pass
+
+
+def privileged() -> bool:
+    """Root, or (under a service manager's ambient capabilities) a user holding
+    what the start needs: raw sockets and MRT_* for the helper, and
+    CAP_SETPCAP to empty both processes' bounding sets."""
+    if os.geteuid() == 0:
+        return True
+    import prctl
+    from smcroute.privileged.caps import effective
+
+    return effective(prctl.CAP_NET_ADMIN, prctl.CAP_NET_RAW, prctl.CAP_SETPCAP)
 
 
 def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any] | None:
@@ -91,8 +106,9 @@ def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any]
     from smcroute.policy.control import Access
 
     user = opts.user
-    uid = user.uid if user else 0
-    group = opts.socket_group if opts.socket_group is not None else (user.gid if user else 0)
+    uid = user.uid if user else os.getuid()
+    gid = user.gid if user else os.getgid()
+    group = opts.socket_group if opts.socket_group is not None else gid
     access = Access(uid, group, opts.readonly_group)
     path = opts.sock_path
     if len(path.encode()) > 107:
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from smcroute.unprivileged.levels import PRIORITY, parse_level
 
     level = parse_level(opts.log_level) if opts.log_level else PRIORITY["notice"]
-    if os.geteuid() != 0:
+    if not privileged():
         real_log(opts, level).err("Need root privileges to start smcrouted")
         return EX_NOPERM
     if not opts.foreground:
