@@ -180,7 +180,7 @@ class Controller:
     async def teardown(self) -> None:
         """Remove every route and VIF we installed, then let the helper go."""
         try:
-            await self.apply(self.state.teardown())
+            await self.apply(self.state.teardown(), "shutdown")
         except HelperLost:
             pass
 
@@ -210,7 +210,7 @@ class Controller:
                     log_diagnostic(self.log, d)
                 return
             try:
-                await self.apply(self.state.changes(target))
+                await self.apply(self.state.changes(target), "netlink")
             except HelperLost:
                 return
             self.state.adopt(target, asyncio.get_running_loop().time())
@@ -218,13 +218,14 @@ class Controller:
 
     # -- kernel -------------------------------------------------------------
 
-    async def apply(self, changes: engine.Changes) -> dict[MfcKey, str]:
+    async def apply(self, changes: engine.Changes, cause: str = "config") -> dict[MfcKey, str]:
         """Send the changes as one batch; record what the kernel accepted.
         Returns the MFC entries it refused, with the reason."""
         todo = self.state.requests(changes, self.channel.next_id)
         if not todo:
             return {}
-        return self.state.record_all(todo, await self.channel.call([req for req, _ in todo]))
+        replies = await self.channel.call([req for req, _ in todo])
+        return self.state.record_all(todo, replies, cause)
 
     # -- mrdisc -------------------------------------------------------------
 
@@ -237,11 +238,19 @@ class Controller:
                                                   self.channel.next_id))
 
     async def mrdisc_send(self, reqs: list[Mrdisc]) -> None:
-        if reqs:
-            try:
-                self.mrdisc.check(await self.channel.call(reqs))
-            except HelperLost:
-                pass
+        if not reqs:
+            return
+        try:
+            replies = await self.channel.call(reqs)
+        except HelperLost:
+            return
+        self.mrdisc.check(replies)
+        if self.state.audit:
+            for req, answer in zip(reqs, replies, strict=True):
+                result = "ok" if answer.get("ok") else f"errno {answer.get('errno')}"
+                kind = "termination" if req.terminate else "advertisement"
+                self.log.info("audit", op="mrdisc", what=f"{kind} on VIF {req.vif}",
+                              cause="mrdisc", result=result)
 
     async def mrdisc_loop(self) -> None:
         await self.mrdisc_update()
@@ -283,7 +292,7 @@ class Controller:
         """The helper's answers to decide_upcalls' requests."""
         flows = self.state.flows
         for d, req, answer in zip(decisions, reqs, replies, strict=True):
-            self.state.record(req, d.mfc, answer)
+            self.state.record(req, d.mfc, answer, "upcall")
             if not answer.get("ok"):
                 flows.abandoned(d)
                 continue
@@ -355,15 +364,15 @@ class Controller:
         """Remove every learned route and stop filter now (smcroutectl flush)."""
         async with self.kernel_lock:
             keys = list(self.state.flows.flows)
-            await self.remove_flows(keys)
+            await self.remove_flows(keys, "flush")
             return len(keys)
 
-    async def remove_flows(self, keys: list[MfcKey]) -> None:
+    async def remove_flows(self, keys: list[MfcKey], cause: str = "expiry") -> None:
         entries = tuple(self.mfc[k] for k in keys if k in self.mfc)
         if entries:
             for m in entries:
                 self.log.debug(f"Removing (*,G) flow {sg(m.key)} from {m.iif_name}")
-            await self.apply(engine.Changes(del_mfc=entries))
+            await self.apply(engine.Changes(del_mfc=entries), cause)
         self.state.flows.forget(keys)
 
 
@@ -432,7 +441,8 @@ class Controller:
                 if d.where == IPC:
                     log_diagnostic(self.log, d)
             try:
-                failed = await self.apply(self.state.changes(target))
+                failed = await self.apply(self.state.changes(target),
+                                          f"smcroutectl uid={peer.uid} pid={peer.pid}")
             except HelperLost:
                 failed = {}
             join_errors = self.state.adopt(target, asyncio.get_running_loop().time())

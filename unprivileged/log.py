@@ -48,8 +48,9 @@ class Logger(structlog.BoundLoggerBase):
 class _Sink:
     """The end of the chain: writes a rendered line to stderr and/or syslog."""
 
-    def __init__(self, ident: str, stderr: bool, use_syslog: bool) -> None:
+    def __init__(self, ident: str, stderr: bool, use_syslog: bool, json: bool = False) -> None:
         self.ident = ident
+        self.json = json
         self.stderr = stderr
         self.syslog = use_syslog
         if use_syslog:
@@ -61,7 +62,8 @@ class _Sink:
         def emit(line: str) -> None:
             if self.stderr:
                 try:
-                    sys.stderr.write(f"{self.ident}[{os.getpid()}]: {line}\n")
+                    sys.stderr.write(f"{line}\n" if self.json
+                                     else f"{self.ident}[{os.getpid()}]: {line}\n")
                     sys.stderr.flush()
                 except (OSError, ValueError):
                     pass
@@ -89,11 +91,12 @@ def configure(ident: str, level: int, stderr: bool, use_syslog: bool,
     if json:
         processors.append(structlog.processors.add_log_level)
         processors.append(structlog.processors.TimeStamper(fmt="iso"))
+        processors.append(lambda _, __, event: {**event, "ident": ident, "pid": os.getpid()})
     processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=Logger,
-        logger_factory=lambda *_: _Sink(ident, stderr, use_syslog),
+        logger_factory=lambda *_: _Sink(ident, stderr, use_syslog, json),
         cache_logger_on_first_use=True,
     )
     return structlog.get_logger()

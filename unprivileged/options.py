@@ -19,7 +19,7 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
 LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",
-            "readonly-group=")
+            "readonly-group=", "log-json")
 PROG = "smcrouted"
 EX_USAGE = 64
 
@@ -55,6 +55,7 @@ class Options:
     upcall_rate: int = 10_000  # kernel upcalls handled per second (burst the same)
     socket_group: int | None = None  # full access to the control socket (default: -p group)
     readonly_group: int | None = None  # may only "show"
+    log_json: bool = False  # JSON lines instead of text
     extra: tuple[str, ...] = field(default=())
 
     @property
@@ -178,6 +179,8 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
         case "-v":
             sys.stdout.write(texts.version_text())
             raise Exit(0)
+        case "--log-json":
+            opts = replace(opts, log_json=True)
         case "--socket-group" | "--readonly-group":
             try:
                 gid = grp.getgrnam(value).gr_gid

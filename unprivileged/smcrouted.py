@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 def real_log(opts: options.Options, level: int) -> Any:
     from smcroute.unprivileged.log import configure
 
-    return configure(opts.ident, level, opts.log_to_stderr, opts.log_to_syslog)
+    return configure(opts.ident, level, opts.log_to_stderr, opts.log_to_syslog, opts.log_json)
 
 
 def run(opts: options.Options, level: int,

@@ -98,12 +98,24 @@ def limits(opts: Options) -> Limits:
                   float(opts.cache_timeout) if opts.cache_timeout > 0 else 60.0)
 
 
+def audit(log: Logger, req: Request, obj: Vif | Mfc, reply: dict[str, Any],
+          cause: str) -> None:
+    """One privileged operation: what, on whose behalf, and the kernel's answer."""
+    if isinstance(obj, Vif):
+        what = f"{'VIF' if obj.family == 4 else 'MIF'} {obj.vif} {obj.name}"
+    else:
+        what = f"{sg(obj.key)} from {obj.iif_name}"
+    result = "ok" if reply.get("ok") else f"errno {reply.get('errno')}: {reply.get('error')}"
+    log.info("audit", op=req.op, what=what, cause=cause, result=result)
+
+
 class RouteState:
     def __init__(self, log: Logger, level: int = PRIORITY["notice"],
                  budget: Limits | None = None) -> None:
         self.log = log
         # per-route debug lines cost more than the kernel calls: format only when shown
         self.debug = level >= PRIORITY["debug"]
+        self.audit = level >= PRIORITY["info"]
         self.vifs: dict[tuple[int, int], Vif] = {}  # (family, slot) -> VIF we installed
         self.mfc: dict[MfcKey, Mfc] = {}
         self.pending: list[Pending] = []
@@ -152,19 +164,24 @@ class RouteState:
             todo.append((DelVif(next_id(), v.family, v.vif), v))
         return todo
 
-    def record_all(self, todo: Todo, replies: list[dict[str, Any]]) -> dict[MfcKey, str]:
+    def record_all(self, todo: Todo, replies: list[dict[str, Any]],
+                   cause: str = "config") -> dict[MfcKey, str]:
         """Record every reply; return the MFC entries the kernel refused, with why."""
         failed: dict[MfcKey, str] = {}
         for (req, obj), reply in zip(todo, replies, strict=True):
-            self.record(req, obj, reply)
+            self.record(req, obj, reply, cause)
             if isinstance(obj, Mfc) and not reply.get("ok"):
                 failed[obj.key] = str(reply.get("error", ""))
         return failed
 
-    def record(self, req: Request, obj: Vif | Mfc, reply: dict[str, Any]) -> None:
-        """Remember what the kernel accepted; log what it refused."""
+    def record(self, req: Request, obj: Vif | Mfc, reply: dict[str, Any],
+               cause: str = "config") -> None:
+        """Remember what the kernel accepted; log what it refused. Every
+        privileged operation is an audit event (at info level)."""
         ok = bool(reply.get("ok"))
         error = reply.get("error", "")
+        if self.audit:
+            audit(self.log, req, obj, reply, cause)
         if isinstance(obj, Vif):
             kind = "VIF" if obj.family == 4 else "MIF"
             slot = (obj.family, obj.vif)
