@@ -11,7 +11,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SMCROUTE_VENV:-/opt/smcroute-py/venv}
 
 need=()
-for pkg in libcap-dev python3-venv python3-dev gcc iproute2; do
+# man-db/groff-base: man page checks; systemd: systemd-analyze for the unit's score
+for pkg in libcap-dev python3-venv python3-dev gcc iproute2 man-db groff-base systemd; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
