@@ -30,20 +30,33 @@ class FrameDecoder:
     def __init__(self, limit: int = MAX_FRAME) -> None:
         self._limit = limit
         self._buf = bytearray()
+        self.error: DecodeError | None = None
 
     def feed(self, data: bytes) -> list[Any]:
-        """Buffer data; return the messages it completes (maybe none)."""
+        """Buffer data; return the messages it completes (maybe none).
+
+        A malformed frame raises DecodeError, unless good messages came
+        before it in this call: then they are returned and the error waits
+        in .error (the stream is broken either way)."""
+        if self.error is not None:
+            raise self.error
         self._buf += data
         out = []
         while len(self._buf) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self._buf)
-            if length == 0 or length > self._limit:
-                raise DecodeError(f"frame length {length} outside 1..{self._limit}")
-            if len(self._buf) < _HEADER.size + length:
+            try:
+                (length,) = _HEADER.unpack_from(self._buf)
+                if length == 0 or length > self._limit:
+                    raise DecodeError(f"frame length {length} outside 1..{self._limit}")
+                if len(self._buf) < _HEADER.size + length:
+                    break
+                body = bytes(self._buf[_HEADER.size:_HEADER.size + length])
+                del self._buf[:_HEADER.size + length]
+                out.append(decode(body, self._limit))
+            except DecodeError as exc:
+                self.error = exc
+                if not out:
+                    raise
                 break
-            body = bytes(self._buf[_HEADER.size:_HEADER.size + length])
-            del self._buf[:_HEADER.size + length]
-            out.append(decode(body, self._limit))
         return out
 
     @property

@@ -61,37 +61,99 @@ def route_from_args(args: tuple[str, ...]) -> Mroute:
     return Mroute(IPC, iif, source, group_prefix, tuple(oifs))
 
 
-def _same(a: Mroute, b: Mroute) -> bool:
-    """The same rule: inbound, source and group as written, prefix lengths included."""
-    return (a.iif, a.source, a.group) == (b.iif, b.source, b.group)
+class Rules:
+    """The rules (config plus smcroutectl edits) being edited, indexed so
+    that a batch of edits costs one pass, not one pass per edit."""
+
+    def __init__(self, directives: tuple[Directive, ...]) -> None:
+        self.items: list[Directive | None] = list(directives)
+        self.index: dict[tuple[object, ...], int] = {}
+        for i, d in enumerate(self.items):
+            if isinstance(d, Mroute | Mgroup):
+                self.index.setdefault(self._key(d), i)
+
+    @staticmethod
+    def _key(rule: Mroute | Mgroup) -> tuple[object, ...]:
+        """SMCRoute's identity: a route by inbound, source and group as written
+        (lengths included); a join likewise, but without the source length."""
+        if isinstance(rule, Mroute):
+            return ("mroute", rule.iif, rule.source, rule.group)
+        return ("mgroup", rule.iif, rule.group, rule.source.address if rule.source else None)
+
+    def find(self, rule: Mroute | Mgroup) -> int | None:
+        return self.index.get(self._key(rule))
+
+    def put(self, i: int | None, rule: Directive) -> None:
+        if i is None:
+            self.items.append(rule)
+            self.index.setdefault(self._key(rule), len(self.items) - 1)  # type: ignore[arg-type]
+        else:
+            self.items[i] = rule
+
+    def delete(self, i: int) -> None:
+        rule = self.items[i]
+        self.items[i] = None
+        key = self._key(rule)  # type: ignore[arg-type]
+        del self.index[key]
+        later = next((j for j in range(i + 1, len(self.items))  # a duplicate line takes over
+                      if isinstance(self.items[j], Mroute | Mgroup)
+                      and self._key(self.items[j]) == key), None)  # type: ignore[arg-type]
+        if later is not None:
+            self.index[key] = later
+
+    def result(self) -> tuple[Directive, ...]:
+        return tuple(d for d in self.items if d is not None)
+
+    def add(self, rule: Mroute) -> None:
+        """Merge rule's OIFs into an equal rule, or append it."""
+        i = self.find(rule)
+        if i is None:
+            self.put(None, rule)
+            return
+        old = self.items[i]
+        assert isinstance(old, Mroute)
+        self.put(i, replace(old, oifs=old.oifs + tuple(o for o in rule.oifs
+                                                       if o not in old.oifs)))
+
+    def remove(self, rule: Mroute) -> None:
+        """Remove the equal rule, or only the OIFs rule names from it."""
+        i = self.find(rule)
+        if i is None:
+            raise CommandError(f"mroute: no route from {rule.iif} {_sg(rule)} to remove")
+        old = self.items[i]
+        assert isinstance(old, Mroute)
+        if not rule.oifs:
+            self.delete(i)
+            return
+        unknown = [o for o in rule.oifs if o not in old.oifs]
+        if unknown:
+            raise CommandError(f"mroute: {' '.join(unknown)} is not an outbound interface"
+                               f" of the route from {old.iif} ({_sg(old)})")
+        self.put(i, replace(old, oifs=tuple(o for o in old.oifs if o not in rule.oifs)))
+
+    def join(self, rule: Mgroup) -> None:
+        if self.find(rule) is not None:
+            raise CommandError(f"Already joined {groups.error_text(rule)} on {rule.iif}")
+        self.put(None, rule)
+
+    def leave(self, rule: Mgroup) -> None:
+        """Leave a join, also one from the configuration file."""
+        i = self.find(rule)
+        if i is None:
+            raise CommandError(f"No group {groups.error_text(rule)} on {rule.iif} to leave")
+        self.delete(i)
 
 
 def add_rule(directives: tuple[Directive, ...], rule: Mroute) -> tuple[Directive, ...]:
-    """Merge rule's OIFs into an equal rule, or append it."""
-    out = list(directives)
-    for i, d in enumerate(out):
-        if isinstance(d, Mroute) and _same(d, rule):
-            merged = d.oifs + tuple(o for o in rule.oifs if o not in d.oifs)
-            out[i] = replace(d, oifs=merged)
-            return tuple(out)
-    return (*out, rule)
+    rules = Rules(directives)
+    rules.add(rule)
+    return rules.result()
 
 
 def remove_rule(directives: tuple[Directive, ...], rule: Mroute) -> tuple[Directive, ...]:
-    """Remove the equal rule, or only the OIFs rule names from it."""
-    out = list(directives)
-    for i, d in enumerate(out):
-        if isinstance(d, Mroute) and _same(d, rule):
-            if not rule.oifs:
-                del out[i]
-                return tuple(out)
-            unknown = [o for o in rule.oifs if o not in d.oifs]
-            if unknown:
-                raise CommandError(f"mroute: {' '.join(unknown)} is not an outbound interface"
-                                   f" of the route from {d.iif} ({_sg(d)})")
-            out[i] = replace(d, oifs=tuple(o for o in d.oifs if o not in rule.oifs))
-            return tuple(out)
-    raise CommandError(f"mroute: no route from {rule.iif} {_sg(rule)} to remove")
+    rules = Rules(directives)
+    rules.remove(rule)
+    return rules.result()
 
 
 def _sg(rule: Mroute) -> str:
@@ -115,36 +177,37 @@ def group_from_args(args: tuple[str, ...], verb: str) -> Mgroup:
 
 
 def join_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
-    if any(isinstance(d, Mgroup) and groups.same(d, rule) for d in directives):
-        raise CommandError(f"Already joined {groups.error_text(rule)} on {rule.iif}")
-    return (*directives, rule)
+    rules = Rules(directives)
+    rules.join(rule)
+    return rules.result()
 
 
 def leave_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
-    """Leave a join, also one from the configuration file."""
-    for i, d in enumerate(directives):
-        if isinstance(d, Mgroup) and groups.same(d, rule):
-            return directives[:i] + directives[i + 1:]
-    raise CommandError(f"No group {groups.error_text(rule)} on {rule.iif} to leave")
+    rules = Rules(directives)
+    rules.leave(rule)
+    return rules.result()
 
 
-def edit_directives(directives: tuple[Directive, ...], req: ControlRequest,
-                    interfaces: Mapping[str, Interface]
-                    ) -> tuple[tuple[Directive, ...], Mroute | Mgroup]:
+def edit(rules: Rules, req: ControlRequest, interfaces: Mapping[str, Interface]
+         ) -> Mroute | Mgroup:
     """Apply one add/remove/join/leave request to the rules."""
     if req.cmd in ("add", "remove"):
         rule = route_from_args(req.args)
         if req.cmd == "remove":
-            return remove_rule(directives, rule), rule
+            rules.remove(rule)
+            return rule
         if not match(rule.iif, interfaces):
             raise CommandError(f"ipc: mroute: inbound {rule.iif} is not a known phyint")
-        return add_rule(directives, rule), rule
+        rules.add(rule)
+        return rule
     join = group_from_args(req.args, req.cmd)
     if req.cmd == "leave":
-        return leave_rule(directives, join), join
+        rules.leave(join)
+        return join
     names = match(join.iif, interfaces)
     if not names:
         raise CommandError(f"unknown interface {join.iif}")
     if not any(interfaces[n].multicast for n in names):
         raise CommandError(f"interface {join.iif} is not multicast capable")
-    return join_rule(directives, join), join
+    rules.join(join)
+    return join

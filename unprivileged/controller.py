@@ -20,7 +20,7 @@ from smcroute.unprivileged import engine, groups, show
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
 from smcroute.unprivileged.channel import HelperLost
 from smcroute.unprivileged.channel_async import HelperChannel
-from smcroute.unprivileged.commands import IPC, CommandError, edit_directives
+from smcroute.unprivileged.commands import IPC, CommandError, Rules, edit
 from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.flows import Decision
 from smcroute.unprivileged.interfaces import read_interfaces
@@ -383,8 +383,9 @@ class Controller:
                         peer_pid=peer.pid, command=command, args=" ".join(args) or "-",
                         result=result)
 
-    def refused(self, peer: Peer, command: str, reason: str) -> None:
-        self.audit(peer, command, (), f"refused: {reason}")
+    def refused(self, peer: Peer, req: ControlRequest | None, reason: str) -> None:
+        self.audit(peer, req.cmd if req else "connect", req.args if req else (),
+                   f"refused: {reason}")
 
     def after_reply(self) -> None:
         if self.kill_requested:
@@ -427,14 +428,14 @@ class Controller:
         for all of them."""
         results: list[Mroute | Mgroup | str] = []
         async with self.kernel_lock:
-            directives = self.state.directives
+            rules = Rules(self.state.directives)
             interfaces = read_interfaces()
             for req in reqs:
                 try:
-                    directives, rule = edit_directives(directives, req, interfaces)
-                    results.append(rule)
+                    results.append(edit(rules, req, interfaces))
                 except CommandError as exc:
                     results.append(str(exc))
+            directives = rules.result()
             target = engine.plan(Config(directives), interfaces, self.vifs,
                                  default_enable=not self.opts.no_vifs)
             for d in target.diagnostics:

@@ -32,21 +32,33 @@ Handler = Callable[[Peer, list[ControlRequest]], Awaitable[list[dict[str, Any]]]
 def peer_of(sock: socket.socket) -> Peer:
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                         struct.calcsize("3i")))
-    groups: tuple[int, ...] = ()
-    with contextlib.suppress(OSError):
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 4096)
+    try:  # CPython caps getsockopt buffers at 1024 bytes: 256 groups
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
         groups = struct.unpack(f"{len(raw) // 4}I", raw)
-    return Peer(uid, gid, pid, groups)
+    except OSError:  # more groups than that (ERANGE): ask /proc, the same list
+        groups = _proc_groups(pid)
+    return Peer(uid, gid, pid, tuple(groups))
+
+
+def _proc_groups(pid: int) -> tuple[int, ...]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
 
 
 class ControlServer:
     def __init__(self, sock: socket.socket, access: Access, handler: Handler,
-                 refused: Callable[[Peer, str, str], None],
+                 refused: Callable[[Peer, ControlRequest | None, str], None],
                  after_reply: Callable[[], None]) -> None:
         self.sock = sock
         self.access = access
         self.handler = handler
-        self.refused = refused  # audit hook: (peer, command, reason)
+        self.refused = refused  # audit hook: (peer, request or None, reason)
         self.after_reply = after_reply  # e.g. "kill": stop once the client has its answer
         self.clients = 0
         self.server: asyncio.AbstractServer | None = None
@@ -65,7 +77,11 @@ class ControlServer:
         except EncodeError as exc:
             data = encode_frame(reply(False, f"reply too large: {exc}"))
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        try:
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except TimeoutError:
+            writer.transport.abort()  # a client that does not read: drop it, buffer and all
+            raise
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients += 1
@@ -76,7 +92,7 @@ class ControlServer:
                 return
             if not may_connect(peer, self.access):
                 reason = authorize(peer, self.access, "") or "Permission denied"
-                self.refused(peer, "connect", reason)
+                self.refused(peer, None, reason)
                 await self._send(writer, reply(False, reason))
                 return
             await self._serve(peer, reader, writer)
@@ -100,6 +116,7 @@ class ControlServer:
             except DecodeError as exc:
                 await self._send(writer, reply(False, f"malformed request: {exc}"))
                 return
+            broken = decoder.error  # a bad frame after good ones: answer those first
             batch: list[ControlRequest] = []
             answers: list[dict[str, Any] | None] = []
             for msg in messages:
@@ -109,7 +126,7 @@ class ControlServer:
                     answers.append(reply(False, f"malformed request: {exc}"))
                     continue
                 if reason := authorize(peer, self.access, req.cmd):
-                    self.refused(peer, req.cmd, reason)
+                    self.refused(peer, req, reason)
                     answers.append(reply(False, reason))
                     continue
                 batch.append(req)
@@ -118,3 +135,6 @@ class ControlServer:
             for answer in answers:
                 await self._send(writer, answer if answer is not None else next(done))
             self.after_reply()
+            if broken is not None:
+                await self._send(writer, reply(False, f"malformed request: {broken}"))
+                return

@@ -20,7 +20,8 @@ from smcroute.ipc.control import ControlRequest
 from smcroute.unprivileged import groups, show
 from smcroute.unprivileged.commands import (
     CommandError,
-    edit_directives,
+    Rules,
+    edit,
     group_from_args,
     join_rule,
     leave_rule,
@@ -39,6 +40,13 @@ from smcroute.unprivileged.model import Interface, Mgroup, Pending
 
 FILE = "/etc/smcroute.conf"
 
+
+
+def edit_directives(conf, req, ifs):
+    """One edit through commands.Rules, as the controller makes them."""
+    rules = Rules(conf)
+    rule = edit(rules, req, ifs)
+    return rules.result(), rule
 
 def rules(text: str) -> list[Mgroup]:
     cfg = parse_text(text, FILE)

@@ -362,12 +362,17 @@ def test_max_frame_length_is_accepted() -> None:
 
 
 def test_bad_body_in_a_frame() -> None:
-    # A corrupt frame ends the stream: the connection is dropped, and what
-    # the same feed completed before it is not delivered.
+    # Good messages before a bad frame are delivered; the error waits in
+    # .error and the stream stays broken.
     decoder = FrameDecoder()
     assert decoder.feed(encode_frame(1)) == [1]
+    assert decoder.feed(encode_frame(2) + b"\x00\x00\x00\x01\xc1") == [2]
+    assert isinstance(decoder.error, DecodeError)
     with pytest.raises(DecodeError):
-        decoder.feed(encode_frame(2) + b"\x00\x00\x00\x01\xc1")
+        decoder.feed(encode_frame(3))
+    # a bad frame with nothing before it raises at once
+    with pytest.raises(DecodeError):
+        FrameDecoder().feed(b"\x00\x00\x00\x01\xc1")
 
 
 def test_trailing_data_inside_a_frame() -> None:
