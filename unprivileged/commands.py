@@ -67,10 +67,12 @@ class Rules:
 
     def __init__(self, directives: tuple[Directive, ...]) -> None:
         self.items: list[Directive | None] = list(directives)
-        self.index: dict[tuple[object, ...], int] = {}
+        # key -> positions of the rules with that identity, first one first
+        # (a file may repeat a line; the first is the one edits find)
+        self.index: dict[tuple[object, ...], list[int]] = {}
         for i, d in enumerate(self.items):
             if isinstance(d, Mroute | Mgroup):
-                self.index.setdefault(self._key(d), i)
+                self.index.setdefault(self._key(d), []).append(i)
 
     @staticmethod
     def _key(rule: Mroute | Mgroup) -> tuple[object, ...]:
@@ -81,25 +83,24 @@ class Rules:
         return ("mgroup", rule.iif, rule.group, rule.source.address if rule.source else None)
 
     def find(self, rule: Mroute | Mgroup) -> int | None:
-        return self.index.get(self._key(rule))
+        places = self.index.get(self._key(rule))
+        return places[0] if places else None
 
-    def put(self, i: int | None, rule: Directive) -> None:
+    def put(self, i: int | None, rule: Mroute | Mgroup) -> None:
         if i is None:
             self.items.append(rule)
-            self.index.setdefault(self._key(rule), len(self.items) - 1)  # type: ignore[arg-type]
+            self.index.setdefault(self._key(rule), []).append(len(self.items) - 1)
         else:
             self.items[i] = rule
 
     def delete(self, i: int) -> None:
         rule = self.items[i]
+        assert isinstance(rule, Mroute | Mgroup)
         self.items[i] = None
-        key = self._key(rule)  # type: ignore[arg-type]
-        del self.index[key]
-        later = next((j for j in range(i + 1, len(self.items))  # a duplicate line takes over
-                      if isinstance(self.items[j], Mroute | Mgroup)
-                      and self._key(self.items[j]) == key), None)  # type: ignore[arg-type]
-        if later is not None:
-            self.index[key] = later
+        places = self.index[self._key(rule)]
+        places.remove(i)
+        if not places:
+            del self.index[self._key(rule)]
 
     def result(self) -> tuple[Directive, ...]:
         return tuple(d for d in self.items if d is not None)

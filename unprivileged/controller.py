@@ -61,6 +61,7 @@ class Controller:
         self.upcall_task: asyncio.Task[None] | None = None
         self.script: ActionScript | None = None
         self.mrdisc = MrdiscState(opts.mrdisc_interval, log)
+        self.notes: set[str] = set()  # diagnostics of the last plan made for a netlink event
         self.channel: HelperChannel
 
     @property
@@ -86,6 +87,8 @@ class Controller:
                 self.script = ActionScript(self.opts.script, self.log)
             else:
                 self.log.err(f"{self.opts.script} is not executable.")
+        if self.state.target is not None:  # logged already, at start-up
+            self.notes = {str(d) for d in self.state.target.diagnostics}
         self.spawn(self.expiry_loop())
         self.spawn(self.mrdisc_loop())
         self.spawn(LinkWatch(self.interfaces_changed, self.log.err).run())
@@ -166,9 +169,11 @@ class Controller:
             target = loaded.target
             try:
                 if target is not None:
+                    await self.mrdisc_retire(target)
                     await self.apply(self.state.changes(target))
                     self.state.adopt(target, asyncio.get_running_loop().time())
                     self.state.directives = loaded.config.directives
+                    self.notes = {str(d) for d in target.diagnostics}
                     await self.mrdisc_update()
             except HelperLost:
                 return False, ["the mrouter helper is gone"]
@@ -205,11 +210,14 @@ class Controller:
                 return  # no configuration applied yet
             target = engine.plan(Config(self.state.directives), read_interfaces(), self.vifs,
                                  default_enable=not self.opts.no_vifs)
-            if target.errors:
-                for d in target.errors:
+            for d in target.diagnostics:  # only what this change brought
+                if str(d) not in self.notes:
                     log_diagnostic(self.log, d)
+            self.notes = {str(d) for d in target.diagnostics}
+            if target.errors:
                 return
             try:
+                await self.mrdisc_retire(target)
                 await self.apply(self.state.changes(target), "netlink")
             except HelperLost:
                 return
@@ -237,6 +245,11 @@ class Controller:
         await self.mrdisc_send(self.mrdisc.update(target.mrdisc, target.vifs, read_interfaces(),
                                                   self.channel.next_id))
 
+    async def mrdisc_retire(self, target: engine.Plan) -> None:
+        """Before target is applied: terminations while the VIFs still exist."""
+        await self.mrdisc_send(self.mrdisc.retire(target.mrdisc, target.vifs, read_interfaces(),
+                                                  self.channel.next_id))
+
     async def mrdisc_send(self, reqs: list[Mrdisc]) -> None:
         if not reqs:
             return
@@ -244,7 +257,7 @@ class Controller:
             replies = await self.channel.call(reqs)
         except HelperLost:
             return
-        self.mrdisc.check(replies)
+        self.mrdisc.check(reqs, replies)
         if self.state.audit:
             for req, answer in zip(reqs, replies, strict=True):
                 result = "ok" if answer.get("ok") else f"errno {answer.get('errno')}"
@@ -442,6 +455,7 @@ class Controller:
                 if d.where == IPC:
                     log_diagnostic(self.log, d)
             try:
+                await self.mrdisc_retire(target)
                 failed = await self.apply(self.state.changes(target),
                                           f"smcroutectl uid={peer.uid} pid={peer.pid}")
             except HelperLost:

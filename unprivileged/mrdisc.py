@@ -63,15 +63,31 @@ class MrdiscState:
             self.log.warning(error)
         return reqs
 
+    def retire(self, wanted: Iterable[str], vifs: Mapping[tuple[int, str], Vif],
+               interfaces: Mapping[str, Interface], next_id: Callable[[], int]) -> list[Mrdisc]:
+        """Terminations for interfaces leaving mrdisc, to send before their
+        VIFs go (vifs: the plan about to be applied); none where the
+        interface itself has gone."""
+        wanted = set(wanted)
+        going = {name: vif for name, vif in self.enabled.items()
+                 if name not in wanted or vifs.get((4, name)) is None
+                 or vifs[(4, name)].vif != vif}
+        for name in going:
+            del self.enabled[name]
+        return [Mrdisc(next_id(), vif, self.interval, True)
+                for name, vif in going.items() if name in interfaces]
+
     def announce(self, next_id: Callable[[], int], vif: int | None = None) -> list[Mrdisc]:
         """Advertisements for every mrdisc VIF, or just vif (a solicitation)."""
         return [Mrdisc(next_id(), v, self.interval, False) for v in self.enabled.values()
                 if vif is None or v == vif]
 
-    def check(self, replies: Iterable[dict[str, object]]) -> None:
-        for reply in replies:
+    def check(self, reqs: Iterable[Mrdisc], replies: Iterable[dict[str, object]]) -> None:
+        for req, reply in zip(reqs, replies, strict=True):
             if not reply.get("ok") and reply.get("errno") not in QUIET:
-                self.log.warning(f"Failed sending IGMP control message 0x30: {reply.get('error')}")
+                kind = 0x32 if req.terminate else 0x30
+                self.log.warning(f"Failed sending IGMP control message 0x{kind:02x} on VIF"
+                                 f" {req.vif}: {reply.get('error')}")
 
     def close(self) -> None:
         self.joins.close()

@@ -11,6 +11,7 @@ the other core while this process imports asyncio and parses the config.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -116,9 +117,14 @@ def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any]
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        if live_socket(path):
+            sock.close()
+            log.err(f"IPC socket {path} is in use by another smcrouted (another -i NAME or"
+                    " -u FILE is needed to run two)")
+            return None
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+                os.unlink(path)  # stale: nobody listens
         except FileNotFoundError:
             pass
         sock.bind(path)
@@ -130,6 +136,18 @@ def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any]
         log.warning(f"Failed binding IPC socket, client disabled: {exc.strerror or exc}")
         return None
     return sock, access
+
+
+def live_socket(path: str) -> bool:
+    """Does a daemon still listen on this socket path?"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def spawn(opts: options.Options) -> tuple[subprocess.Popen[bytes], socket.socket] | OSError:
@@ -220,6 +238,10 @@ def run(opts: options.Options, level: int,
     if booted is None:
         if pidfile:
             pidfile.remove()
+        if control:
+            control[0].close()
+            with contextlib.suppress(OSError):
+                os.unlink(opts.sock_path)
         return EXIT_HELPER_LOST
     # The initial routes are in the kernel: now the heavy imports.
     import asyncio

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -62,13 +63,19 @@ def topo() -> Iterator[Topology]:
 class Smcrouted:
     """One smcrouted process running in a namespace (foreground, debug log)."""
 
-    def __init__(self, ns: Netns, workdir: Path, config: str, args: Sequence[str] = ()):
+    def __init__(self, ns: Netns, workdir: Path, config: str, args: Sequence[str] = (),
+                 ident: str | None = None, split_stderr: bool = False):
         self.ns = ns
         self.workdir = workdir
         self.conf = workdir / "smcroute.conf"
-        self.pidfile = workdir / "smcroute.pid"
-        self.sock = workdir / "smcroute.sock"
+        # With an identity (-i NAME) and no -P/-u, the daemon derives its
+        # paths: /var/run/NAME.pid and /var/run/NAME.sock (SPEC 1.1).
+        self.ident = ident
+        self.pidfile = Path(f"/var/run/{ident}.pid") if ident else workdir / "smcroute.pid"
+        self.sock = Path(f"/var/run/{ident}.sock") if ident else workdir / "smcroute.sock"
         self.logfile = workdir / "smcrouted.log"
+        # stderr in a file of its own (errfile) instead of the log
+        self.errfile = workdir / "stderr.log" if split_stderr else None
         self.conf.write_text(config)
         self.conf.chmod(0o644)
         self.args = list(args)
@@ -81,23 +88,33 @@ class Smcrouted:
         return self.proc.pid
 
     def argv(self) -> list[str]:
+        paths = ["-i", self.ident] if self.ident else [
+            "-P", str(self.pidfile), "-u", str(self.sock)]
         return [
             "ip", "netns", "exec", self.ns.name,
-            str(SMCROUTED), "-n", "-f", str(self.conf), "-P", str(self.pidfile),
-            "-u", str(self.sock), "-l", "debug", *self.args,
+            str(SMCROUTED), "-n", "-f", str(self.conf), *paths, "-l", "debug", *self.args,
         ]  # fmt: skip
 
     def start(self) -> Smcrouted:
         # 'ip netns exec' execs the command: the Popen pid is smcrouted's.
-        with open(self.logfile, "wb") as log:
+        with open(self.logfile, "wb") as log, open(self.errfile or os.devnull, "wb") as err:
             self.proc = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=err if self.errfile else subprocess.STDOUT,
             )
         return self
 
     def log(self) -> str:
         try:
-            return self.logfile.read_text(errors="replace")
+            text = self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        return text + (f"--- stderr ---\n{self.stderr()}" if self.errfile else "")
+
+    def stderr(self) -> str:
+        """What it wrote to stderr (only with split_stderr; else it is in log())."""
+        try:
+            return self.errfile.read_text(errors="replace") if self.errfile else ""
         except FileNotFoundError:
             return ""
 
@@ -194,14 +211,18 @@ def smcrouted(request, topo):
     workdirs: list[Path] = []
 
     def start(
-        config: str, args: Sequence[str] = (), ns: Netns | None = None, ready: bool = True
+        config: str, args: Sequence[str] = (), ns: Netns | None = None, ready: bool = True,
+        ident: str | None = None, split_stderr: bool = False,
     ) -> Smcrouted:
+        """``ident``: start with ``-i IDENT`` instead of -P/-u in the workdir
+        (the daemon then uses /var/run/IDENT.pid and .sock; pick a unique
+        name).  ``split_stderr``: keep stderr apart (Smcrouted.stderr())."""
         # Root's but world-readable, like /run: a daemon running as -p nobody
         # can still read its config (reload).
         workdir = Path(tempfile.mkdtemp(prefix="smcpy-"))
         workdir.chmod(0o755)
         workdirs.append(workdir)
-        daemon = Smcrouted(ns or topo.router, workdir, config, args)
+        daemon = Smcrouted(ns or topo.router, workdir, config, args, ident, split_stderr)
         started.append(daemon)
         daemon.start()
         if ready:
@@ -218,5 +239,9 @@ def smcrouted(request, topo):
                     f"\n--- smcrouted {daemon.args} exit {daemon.proc and daemon.proc.returncode}"
                     f" log ---\n{daemon.log()}--- end of log ---\n"
                 )
+        for daemon in started:
+            if daemon.ident:  # the daemon removes them; not if it was killed
+                for path in (daemon.pidfile, daemon.sock):
+                    path.unlink(missing_ok=True)
         for workdir in workdirs:
             shutil.rmtree(workdir, ignore_errors=True)

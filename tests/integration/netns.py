@@ -220,6 +220,11 @@ class Netns:
             self._ifindex[ifname] = found[0]
         return self._ifindex[ifname]
 
+    def forget_ifindex(self, *ifnames: str) -> None:
+        """Drop cached ifindexes (the interface was deleted or re-created)."""
+        for name in ifnames:
+            self._ifindex.pop(name, None)
+
     def ifnames(self) -> dict[int, str]:
         with self.iproute() as ipr:
             return {link["index"]: link.get("ifname") for link in ipr.get_links()}
@@ -467,6 +472,34 @@ class Topology:
     def source(self, family: int) -> str:
         """The sender's address, as seen by the router on r-s."""
         return self.links["S"].peer_ip(family)
+
+    def connect(self, role: str, net: int, wait: bool = True) -> Link:
+        """After build: link namespace ``role`` (created, and destroyed with
+        the topology, if it is new) to the router as r-<role> / <role>-r on
+        subnet ``net``, with default routes via the router, like build()
+        does.  Also re-creates the link of a role whose link was deleted.
+        With ``wait``, returns once both ends are ready (wait_links_ready).
+        """
+        if role not in self.ns:
+            self.ns[role] = Netns(f"{self.tag}-{role}")
+            self.ns[role].create()
+        leaf, low = self.ns[role], role.lower()
+        self.router.forget_ifindex(f"r-{low}")
+        leaf.forget_ifindex(f"{low}-r")
+        link = veth(self.router, f"r-{low}", leaf, f"{low}-r", net)
+        self.links[role] = link
+        leaf.ip("route", "replace", "default", "via", link.ip4)
+        leaf.ip("-6", "route", "replace", "default", "via", link.ip6)
+        if wait:
+            wait_links_ready([(self.router, link.ifname), (leaf, link.peer_ifname)])
+        return link
+
+    def disconnect(self, role: str) -> None:
+        """Delete role's veth pair (both ends go); its namespace stays."""
+        link = self.links.pop(role)
+        self.router.ip("link", "del", link.ifname)
+        self.router.forget_ifindex(link.ifname)
+        link.peer_ns.forget_ifindex(link.peer_ifname)
 
 
 # --------------------------------------------------------------------------
@@ -769,6 +802,17 @@ def read_mr_cache(pid: int, family: int) -> list[MrCacheEntry]:
                          int(fields[5]), oifs)
         )
     return entries
+
+
+def read_mr_vifs(pid: int) -> dict[int, dict[str, int]]:
+    """{family: {ifname: vif}} of the default multicast routing table of
+    pid's namespace, from /proc/PID/net/ip_mr_vif and ip6_mr_vif."""
+    out: dict[int, dict[str, int]] = {}
+    for family, name in ((socket.AF_INET, "ip_mr_vif"), (socket.AF_INET6, "ip6_mr_vif")):
+        with open(f"/proc/{pid}/net/{name}") as f:
+            rows = [row.split() for row in f.read().splitlines()[1:]]  # heading first
+        out[family] = {row[1]: int(row[0]) for row in rows if len(row) >= 2}
+    return out
 
 
 # --------------------------------------------------------------------------
