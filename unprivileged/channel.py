@@ -74,34 +74,39 @@ class BlockingChannel:
         the helper may be sending upcalls meanwhile, and neither side may
         block the other."""
         replies: list[dict[str, Any] | None] = []
-        outgoing: list[tuple[bytes, int]] = []
-        for start in range(0, len(reqs), self.PIPELINE):
-            known, batch = screen(reqs[start:start + self.PIPELINE])
-            replies += known
-            if batch:
-                outgoing.append((codec.encode(batch), len(batch)))
-        sizes = [n for _, n in outgoing]
+        chunks = [reqs[i:i + self.PIPELINE] for i in range(0, len(reqs), self.PIPELINE)]
+        outgoing: bytes | None = None  # the next datagram, encoded when it can be sent
+        sizes: list[int] = []  # requests per datagram sent
         answers: list[dict[str, Any]] = []
         done = 0  # reply datagrams received
         deadline = time.monotonic() + self.TIMEOUT
         self.sock.setblocking(False)
         try:
-            while done < len(sizes):
+            while chunks or outgoing is not None or done < len(sizes):
+                if outgoing is None and chunks:
+                    # screened and encoded one datagram at a time, so the helper
+                    # works on the first while we prepare the next
+                    known, batch = screen(chunks.pop(0))
+                    replies += known
+                    if batch:
+                        outgoing = codec.encode(batch)
+                        sizes.append(len(batch))
+                    continue
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     raise HelperLost("the helper did not answer in time")
                 readable, writable, _ = select.select(
-                    [self.sock], [self.sock] if outgoing else [], [], timeout)
+                    [self.sock], [self.sock] if outgoing is not None else [], [], timeout)
                 if writable:
                     try:
-                        self.sock.send(outgoing[0][0])
-                        outgoing.pop(0)
+                        self.sock.send(outgoing)  # type: ignore[arg-type]
+                        outgoing = None
                     except BlockingIOError:
                         pass
                 if readable:
                     got = self._receive()
                     if got is not None:
-                        if len(got) != sizes[done]:
+                        if done >= len(sizes) or len(got) != sizes[done]:
                             raise HelperLost("the helper answered with the wrong number of"
                                              " replies")
                         answers += got

@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from smcroute.policy.helper import is_multicast
 from smcroute.unprivileged.model import (
     Config,
     Diagnostic,
@@ -173,16 +174,18 @@ def addresses(source_text: str | None, group_text: str,
     """
     group = parse_prefix(group_text, "multicast group")
     source = None if source_text is None else parse_prefix(source_text, "source")
-    if not group.address.is_multicast:
+    # (byte tests: ipaddress' properties cost a start-up of 2000 lines dearly)
+    if not is_multicast(group.family, group.address.packed):
         raise ConfigError(f"{what}: Invalid multicast group: {group_text}")
     if source is None:
         return None, group
     if source.family != group.family:
         raise ConfigError(f"{what}: source {source} and group {group} are of different"
                           " address families")
-    if source.address.is_unspecified:
+    packed = source.address.packed
+    if not any(packed):
         return None, group  # source 0.0.0.0 / :: is the same as no source
-    if source.address.is_multicast or str(source.address) == "255.255.255.255":
+    if is_multicast(source.family, packed) or packed == b"\xff\xff\xff\xff":
         raise ConfigError(f"{what}: Invalid source address: {source}")
     return source, group
 
