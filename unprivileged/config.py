@@ -215,7 +215,27 @@ def _required(found: dict[str, object], what: str) -> str:
     return str(iif)
 
 
+# Parsed mroute lines by their tokens: a reload of a large file parses most
+# of its lines again unchanged. Only clean parses are kept; bounded.
+_MROUTE_CACHE: dict[tuple[str, ...], tuple[str, Prefix | None, Prefix, tuple[str, ...]]] = {}
+_MROUTE_CACHE_MAX = 200_000
+
+
 def _mroute(line: _Line) -> Mroute | None:
+    key = tuple(line.tokens)
+    hit = _MROUTE_CACHE.get(key)
+    if hit is not None:
+        return Mroute(line.where, *hit)
+    seen = len(line.diagnostics)
+    rule = _parse_mroute(line)
+    if rule is not None and len(line.diagnostics) == seen:
+        if len(_MROUTE_CACHE) >= _MROUTE_CACHE_MAX:
+            _MROUTE_CACHE.clear()
+        _MROUTE_CACHE[key] = (rule.iif, rule.source, rule.group, rule.oifs)
+    return rule
+
+
+def _parse_mroute(line: _Line) -> Mroute | None:
     found = _scan(line, 0)
     iif = _required(found, "mroute")
     oifs = tuple(str(o) for o in found.get("to", ()))  # type: ignore[union-attr]

@@ -86,11 +86,35 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
             return False
         return slots.ensure(name, thresholds.get(name, 1), rule)
 
+    # Interfaces resolved per (inbound, outbound) pattern: large configs repeat
+    # them line after line. A result is reused only while no phyint line has
+    # changed slots or thresholds, and only if it said nothing (no warning).
+    known: dict[tuple[str, tuple[str, ...]], tuple[list[str], list[str], list[str]]] = {}
+
+    def resolve(d: Mroute) -> tuple[list[str], list[str], list[str]] | None:
+        said = len(out.diagnostics)
+        iifs = match(d.iif, interfaces)
+        if not _multicast(iifs, interfaces):  # SPEC 8.2: wait for the MULTICAST flag too
+            out.pending.append(Pending(d, (d.iif,), inbound=True))
+            return None
+        iifs = [name for name in iifs if usable(name, "mroute: inbound", d)]
+        oifs: list[str] = []
+        missing: list[str] = []
+        for pattern in d.oifs:
+            names = match(pattern, interfaces)
+            if not _multicast(names, interfaces):
+                missing.append(pattern)
+            oifs += [n for n in names if n not in oifs and usable(n, "mroute: outbound", d)]
+        if len(out.diagnostics) == said:
+            known[(d.iif, d.oifs)] = (iifs, oifs, missing)
+        return iifs, oifs, missing
+
     for d in config.directives:
         if isinstance(d, Mgroup):
             _mgroup(out, d, interfaces, usable)
             continue
         if isinstance(d, Phyint):
+            known.clear()
             names = match(d.pattern, interfaces)
             if not names:
                 note(Diagnostic(f"phyint {d.pattern} does not exist (yet?) on this system",
@@ -109,18 +133,10 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
                     slots.release(name)
                     routes = _prune(routes, name)
             continue
-        iifs = match(d.iif, interfaces)
-        if not _multicast(iifs, interfaces):  # SPEC 8.2: wait for the MULTICAST flag too
-            out.pending.append(Pending(d, (d.iif,), inbound=True))
+        resolved = resolve(d) if (d.iif, d.oifs) not in known else known[(d.iif, d.oifs)]
+        if resolved is None:
             continue
-        iifs = [name for name in iifs if usable(name, "mroute: inbound", d)]
-        oifs: list[str] = []
-        missing: list[str] = []
-        for pattern in d.oifs:
-            names = match(pattern, interfaces)
-            if not _multicast(names, interfaces):
-                missing.append(pattern)
-            oifs += [n for n in names if n not in oifs and usable(n, "mroute: outbound", d)]
+        iifs, oifs, missing = resolved
         for iif in iifs:
             if iif in oifs and not (d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)):
                 note(Diagnostic(f"mroute: outbound {iif} is also the inbound interface: not"
