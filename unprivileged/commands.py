@@ -145,18 +145,6 @@ class Rules:
         self.delete(i)
 
 
-def add_rule(directives: tuple[Directive, ...], rule: Mroute) -> tuple[Directive, ...]:
-    rules = Rules(directives)
-    rules.add(rule)
-    return rules.result()
-
-
-def remove_rule(directives: tuple[Directive, ...], rule: Mroute) -> tuple[Directive, ...]:
-    rules = Rules(directives)
-    rules.remove(rule)
-    return rules.result()
-
-
 def _sg(rule: Mroute) -> str:
     return f"({rule.source or '*'}, {rule.group})"
 
