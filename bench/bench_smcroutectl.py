@@ -33,104 +33,55 @@ exit, also on failure or Ctrl-C; processes are stopped by PID only.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: sys.path[0] already
 
-from netns import PREFIX, Netns, kill_pid, pid_alive, remove_stale_netns, veth
+from common import (
+    IN_IF,
+    OUT_IFS,
+    BenchError,
+    Smcrouted,
+    Workspace,
+    build,
+    inside,
+    mr_cache_word,
+    raise_on_signals,
+    workspace,
+)
+from netns import Netns
 
 VENV_BIN = Path(sys.executable).parent
-IN_IF = "r-in"
-OUT_IFS = ("r-o1", "r-o2", "r-o3")
 SRC = "10.0.1.2"  # H's address on the inbound link
 SYSTEM_PYTHON = "/usr/bin/python3"
 TARGET_RATIO = 1.5
 TARGET_BATCH = 0.2
 C_BATCH = 0.37
 FORBIDDEN = ("asyncio", "pyroute2", "structlog")
-CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
+class Daemon(Smcrouted):
+    exited, log_shown = ":\n", 3000
 
-
-class BenchError(RuntimeError):
-    pass
-
-
-@contextlib.contextmanager
-def inside(ns: Netns) -> Iterator[None]:
-    """Run the block with this (single-threaded) process in ns's network namespace."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(target)
-        os.close(home)
-
-
-class Daemon:
     def __init__(self, smcrouted: str, ns: Netns, workdir: Path, config: str):
+        super().__init__(workdir)
         self.ns = ns
-        self.conf = workdir / "bench.conf"
-        self.pidfile = workdir / "bench.pid"
-        self.sock = workdir / "bench.sock"
-        self.logfile = workdir / "bench.log"
         self.conf.write_text(config)
         self.argv = [smcrouted, "-n", "-f", str(self.conf), "-P", str(self.pidfile),
                      "-u", str(self.sock), "-l", "notice"]
-        self.proc: subprocess.Popen | None = None
-        self.children: set[int] = set()
 
     def start(self, timeout: float = 15.0) -> None:
         with open(self.logfile, "wb") as log, inside(self.ns):
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        want = f"{self.proc.pid}\n"
-        while time.monotonic() < deadline:
-            self.check_alive()
-            with contextlib.suppress(FileNotFoundError):
-                if self.pidfile.read_text() == want:
-                    self.note_children()
-                    return
-            time.sleep(0.02)
-        raise BenchError(f"smcrouted not ready in {timeout}s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"smcrouted exited with {self.proc.returncode}:\n"
-                             f"{self.log()[-3000:]}")
-
-    def note_children(self) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(FileNotFoundError):
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-            self.children.update(int(p) for p in text.split())
+        if not self.wait_ready(timeout, 0.02):
+            raise BenchError(f"smcrouted not ready in {timeout}s:\n{self.log_tail(self.log_shown)}")
 
     def mfc_keys(self) -> set[tuple[str, str]]:
         """(group, origin) hex words of the IPv4 MFC of the daemon's namespace."""
@@ -139,32 +90,10 @@ class Daemon:
             rows = f.read().splitlines()[1:]
         return {tuple(r.split()[:2]) for r in rows}
 
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is None:
-            return
-        self.note_children()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        for pid in self.children:
-            with contextlib.suppress(FileNotFoundError):
-                if pid_alive(pid) and b"smcroute.privileged" in Path(
-                        f"/proc/{pid}/cmdline").read_bytes():
-                    kill_pid(pid)
-        self.proc = None
-
 
 def mfc_key(source: str, group: str) -> tuple[str, str]:
     """The "Group Origin" words of an ip_mr_cache row (host-order hex)."""
-    def word(addr: str) -> str:
-        packed = bytes(int(x) for x in addr.split("."))
-        return f"{int.from_bytes(packed, sys.byteorder):08X}"
-
-    return word(group), word(source)
+    return mr_cache_word(group), mr_cache_word(source)
 
 
 def timed(argv: list[str], stdin: bytes | None = None, check: bool = True) -> float:
@@ -181,17 +110,6 @@ def timed(argv: list[str], stdin: bytes | None = None, check: bool = True) -> fl
 def median_of(argv: list[str], runs: int) -> list[float]:
     timed(argv, check=False)  # warm the page cache
     return [timed(argv) for _ in range(runs)]
-
-
-def build(tag: str, created: list[Netns]) -> Netns:
-    router, host = Netns(f"{tag}-R"), Netns(f"{tag}-H")
-    for ns in (router, host):
-        created.append(ns)
-        ns.create()
-    veth(router, IN_IF, host, "h-in", 1)
-    for i, name in enumerate(OUT_IFS, start=2):
-        veth(router, name, host, f"h-o{i - 1}", i)
-    return router
 
 
 def batch_lines(n: int, verb: str) -> tuple[bytes, set[tuple[str, str]]]:
@@ -261,24 +179,19 @@ def main() -> int:
         if not os.access(exe, os.X_OK):
             parser.error(f"{exe} is not executable")
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+    raise_on_signals()
+    with workspace("ctlbench", keep=args.keep) as ws:
+        return bench(args, ws)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
 
-    remove_stale_netns()
-    tag = f"{PREFIX}{os.getpid()}-ctlbench"
-    workdir = Path(tempfile.mkdtemp(prefix="smcpy-ctlbench-"))
-    workdir.chmod(0o755)
-    namespaces: list[Netns] = []
+def bench(args: argparse.Namespace, ws: Workspace) -> int:
     daemon: Daemon | None = None
     try:
-        router = build(tag, namespaces)
+        router = build(ws.tag, ws.namespaces)
         config = "\n".join([f"phyint {IN_IF} enable", *(f"phyint {o} enable" for o in OUT_IFS),
                             f"mroute from {IN_IF} source {SRC} group 225.1.1.1 to r-o1 r-o2",
                             f"mroute from {IN_IF} group 225.2.0.0/16 to r-o3"]) + "\n"
-        daemon = Daemon(args.smcrouted, router, workdir, config)
+        daemon = Daemon(args.smcrouted, router, ws.workdir, config)
         daemon.start()
         ctl = [args.smcroutectl, "-u", str(daemon.sock)]
         rows: dict[str, list[float]] = {}
@@ -389,12 +302,6 @@ def main() -> int:
     finally:
         if daemon is not None:
             daemon.stop()
-        for ns in namespaces:
-            ns.delete()  # stops whatever still runs inside, by PID
-        if args.keep:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -43,29 +43,20 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: sys.path[0] already
 
-from netns import (
-    McastSender,
-    Receiver,
-    Topology,
-    kill_pid,
-    pid_alive,
-    remove_stale_netns,
-    wait_for,
-)
+from common import BenchError, Smcrouted, raise_on_signals, workspace
+from netns import McastSender, Receiver, Topology
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
@@ -82,10 +73,6 @@ TARGET_LATENCY_MS = 0.30
 C_LATENCY_MS = 0.265
 TARGET_BURST_S = 0.25
 C_BURST_CAUGHT = "~1200"
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 def new_flow_group(family: int, i: int) -> str:
@@ -115,81 +102,21 @@ mroute from r-s source {SRC[6]} group {REFERENCE[6]} to r-a
 # the daemon
 
 
-class Daemon:
+class Daemon(Smcrouted):
     def __init__(self, smcrouted: str, topo: Topology, workdir: Path, args: list[str]):
-        self.topo, self.workdir = topo, workdir
-        self.conf = workdir / "bench.conf"
-        self.pidfile = workdir / "bench.pid"
-        self.logfile = workdir / "bench.log"
+        super().__init__(workdir)
+        self.topo = topo
         self.conf.write_text(CONFIG)
         self.argv = ["ip", "netns", "exec", topo.router.name, smcrouted, "-n",
                      "-f", str(self.conf), "-P", str(self.pidfile),
-                     "-u", str(workdir / "bench.sock"), *args]
-        self.proc: subprocess.Popen | None = None
-        self.helpers: set[int] = set()
+                     "-u", str(self.sock), *args]
 
     def start(self, timeout: float = 15.0) -> None:
         with open(self.logfile, "wb") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
-        want = f"{self.proc.pid}\n"
-
-        def ready() -> bool:
-            self.check_alive()
-            try:
-                return self.pidfile.read_text() == want
-            except FileNotFoundError:
-                return False
-
-        if not wait_for(ready, timeout):
-            raise BenchError(f"smcrouted not ready within {timeout}s; log:\n{self.log()}")
-        self.note_helpers()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")[-4000:]
-        except FileNotFoundError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"smcrouted exited with {self.proc.returncode}; log:\n{self.log()}")
-
-    def note_helpers(self) -> None:
-        """Remember the children (the privileged helper), to stop them by PID."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except FileNotFoundError:
-            return
-        self.helpers.update(int(p) for p in text.split())
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is None:
-            return
-        self.note_helpers()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        for pid in self.helpers:
-            if pid_alive(pid) and _is_helper(pid):
-                kill_pid(pid)
-        self.proc = None
-
-
-def _is_helper(pid: int) -> bool:
-    try:
-        return b"smcroute.privileged" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
+        if not self.wait_ready(timeout, 0.05):
+            raise BenchError(f"smcrouted not ready within {timeout}s; log:\n{self.log_tail(4000)}")
 
 
 class MrCache:
@@ -484,54 +411,43 @@ def main() -> int:
         return 2
 
     main_pid = os.getpid()
-
-    def interrupted(signum, frame):
-        # pyroute2 forks short-lived children (sockets in namespaces) and
-        # stops them with SIGTERM: they must not run the clean-up below.
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    remove_stale_netns()
+    raise_on_signals(signal.SIGTERM)  # unwinds through the clean-up below
     res = Results()
     topo = daemon = None
-    workdir = Path(tempfile.mkdtemp(prefix="smcpy-bench-"))
-    try:
-        workdir.chmod(0o755)
-        topo = Topology.build(receivers=("A",))
-        daemon = Daemon(args.smcrouted, topo, workdir, ["-l", args.level])
-        daemon.start()
-        print(f"smcrouted {args.smcrouted} -l {args.level} in {topo.router.name};"
-              f" {os.cpu_count()} CPUs; kernel {os.uname().release};"
-              f" load average {os.getloadavg()[0]:.2f} at start", flush=True)
-        time.sleep(1.0)  # let start-up work (netlink refresh, imports) finish
-        if "a" not in args.skip:
-            for family in families:
-                bench_latency(topo, daemon, family, args, res)
-        if "b" not in args.skip:
-            for family in families:
-                for _ in range(args.repeat):
-                    daemon.stop()  # a fresh daemon, an empty MFC for each burst
-                    daemon.start()
-                    time.sleep(1.0)
-                    bench_burst(topo, daemon, family, args, res)
-            report_bursts(res, args)
-        daemon.check_alive()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if os.getpid() != main_pid:
-            os._exit(1)
-        if daemon is not None:
-            daemon.stop()
-        if topo is not None:
-            topo.destroy()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with workspace("bench") as ws:
+        try:
+            topo = Topology.build(receivers=("A",))
+            daemon = Daemon(args.smcrouted, topo, ws.workdir, ["-l", args.level])
+            daemon.start()
+            print(f"smcrouted {args.smcrouted} -l {args.level} in {topo.router.name};"
+                  f" {os.cpu_count()} CPUs; kernel {os.uname().release};"
+                  f" load average {os.getloadavg()[0]:.2f} at start", flush=True)
+            time.sleep(1.0)  # let start-up work (netlink refresh, imports) finish
+            if "a" not in args.skip:
+                for family in families:
+                    bench_latency(topo, daemon, family, args, res)
+            if "b" not in args.skip:
+                for family in families:
+                    for _ in range(args.repeat):
+                        daemon.stop()  # a fresh daemon, an empty MFC for each burst
+                        daemon.start()
+                        time.sleep(1.0)
+                        bench_burst(topo, daemon, family, args, res)
+                report_bursts(res, args)
+            daemon.check_alive()
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except BenchError as exc:
+            print(f"bench failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if os.getpid() != main_pid:
+                os._exit(1)
+            if daemon is not None:
+                daemon.stop()
+            if topo is not None:
+                topo.destroy()
     print()
     print_table(res)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")

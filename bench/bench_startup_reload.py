@@ -32,60 +32,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import ipaddress
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: sys.path[0] already
 
-from netns import PREFIX, Netns, kill_pid, pid_alive, remove_stale_netns, veth
+from common import (
+    IN_IF,
+    OUT_IFS,
+    BenchError,
+    Smcrouted,
+    build,
+    inside,
+    mr_cache_word,
+    raise_on_signals,
+    workspace,
+)
+from netns import Netns
 
 READY = b"Ready, waiting for client request or kernel event."
 RELOADING = b"Reloading configuration, please wait ..."
-CLONE_NEWNET = 0x40000000
-OUT_IFS = ("r-o1", "r-o2", "r-o3")
-IN_IF = "r-in"
 TARGET_STARTUP = "0.25"
 TARGET_RELOAD = "0.10"
 C_SMCROUTE = {"startup": "0.064", "reload": "0.23-0.26"}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def inside(ns: Netns) -> Iterator[None]:
-    """Run the block with this (single-threaded) process in ns's network namespace."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        setns(target)
-        try:
-            yield
-        finally:
-            setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
 
 
 # --------------------------------------------------------------------------
@@ -111,9 +88,7 @@ class Route:
         if self.v6:
             g, s = (ipaddress.IPv6Address(a).exploded for a in (self.group, self.source))
             return f"{g} {s}".encode()
-        g, s = (ipaddress.IPv4Address(a).packed for a in (self.group, self.source))
-        # the kernel prints the big-endian word as a host-order integer
-        return b"%08X %08X" % (int.from_bytes(g, sys.byteorder), int.from_bytes(s, sys.byteorder))
+        return f"{mr_cache_word(self.group)} {mr_cache_word(self.source)}".encode()
 
 
 def make_routes(n: int, family: str, changed: bool = False) -> list[Route]:
@@ -180,16 +155,12 @@ class MfcView:
             f.close()
 
 
-class Daemon:
+class Daemon(Smcrouted):
     def __init__(self, smcrouted: str, ns: Netns, workdir: Path, spawn: str, level: str):
-        self.ns, self.workdir, self.spawn = ns, workdir, spawn
-        self.conf = workdir / "bench.conf"
-        self.pidfile = workdir / "bench.pid"
-        self.logfile = workdir / "bench.log"
+        super().__init__(workdir)
+        self.ns, self.spawn = ns, spawn
         self.argv = [smcrouted, "-n", "-f", str(self.conf), "-P", str(self.pidfile),
-                     "-u", str(workdir / "bench.sock"), "-l", level]
-        self.proc: subprocess.Popen | None = None
-        self.helpers: set[int] = set()
+                     "-u", str(self.sock), "-l", level]
 
     def start(self) -> float:
         """Spawn; return time.monotonic() taken just before."""
@@ -210,54 +181,6 @@ class Daemon:
         finally:
             log.close()
         return t0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> bytes:
-        try:
-            return self.logfile.read_bytes()
-        except FileNotFoundError:
-            return b""
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"smcrouted exited with {self.proc.returncode}; log:\n"
-                             + self.log().decode(errors="replace")[-4000:])
-
-    def note_helpers(self) -> None:
-        """Remember the children (the privileged helper), to stop them by PID."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except (FileNotFoundError, AssertionError):
-            return
-        self.helpers.update(int(p) for p in text.split())
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is None:
-            return
-        self.note_helpers()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        for pid in self.helpers:
-            if pid_alive(pid) and _is_helper(pid):
-                kill_pid(pid)
-        self.proc = None
-        self.helpers.clear()
-
-
-def _is_helper(pid: int) -> bool:
-    try:
-        return b"smcroute.privileged" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
 
 
 def poll(conditions: dict[str, Callable[[], bool]], t0: float, args: argparse.Namespace,
@@ -300,7 +223,7 @@ def poll(conditions: dict[str, Callable[[], bool]], t0: float, args: argparse.Na
         if time.monotonic() > deadline:
             missing = sorted(set(conditions) - set(done))
             raise BenchError(f"timed out after {args.timeout}s waiting for {missing}; log tail:\n"
-                             + daemon.log().decode(errors="replace")[-4000:])
+                             + daemon.log_tail(4000))
         time.sleep(args.poll)
 
 
@@ -332,18 +255,6 @@ def time_command(argv: list[str], repeat: int) -> list[float]:
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out.append(time.monotonic() - t0)
     return out
-
-
-def build(tag: str, created: list[Netns]) -> Netns:
-    """R and H with the veths; every namespace made is appended to created."""
-    router, host = Netns(f"{tag}-R"), Netns(f"{tag}-H")
-    for ns in (router, host):
-        created.append(ns)
-        ns.create()
-    veth(router, IN_IF, host, "h-in", 1)
-    for i, name in enumerate(OUT_IFS, start=2):
-        veth(router, name, host, f"h-o{i - 1}", i)
-    return router
 
 
 def wait_empty(view: MfcView, timeout: float = 10.0) -> None:
@@ -486,42 +397,25 @@ def main() -> int:
     if not os.access(args.smcrouted, os.X_OK):
         parser.error(f"{args.smcrouted} is not executable")
 
-    # SIGINT (also when inherited as ignored, in a background job), SIGTERM
-    # and SIGHUP unwind through the finally blocks that clean up
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
-
-    remove_stale_netns()
-    tag = f"{PREFIX}{os.getpid()}-bench"
-    workdir = Path(tempfile.mkdtemp(prefix="smcpy-bench-"))
-    workdir.chmod(0o755)
-    namespaces: list[Netns] = []
-    res = Results()
-    try:
-        router = build(tag, namespaces)
-        res.rows["(ip netns exec NS true)"] = time_command(
-            ["ip", "netns", "exec", router.name, "true"], max(args.repeat, 5))
-        res.rows["(python -c pass)"] = time_command(
-            [sys.executable, "-c", "pass"], max(args.repeat, 5))
-        run(args, router, workdir, res)
-        report(res, args)
-        return 0
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for ns in namespaces:
-            ns.delete()  # stops whatever still runs inside, by PID
-        if args.keep:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    # SIGINT, SIGTERM and SIGHUP unwind through the finally blocks that clean up
+    raise_on_signals()
+    with workspace("bench", keep=args.keep) as ws:
+        res = Results()
+        try:
+            router = build(ws.tag, ws.namespaces)
+            res.rows["(ip netns exec NS true)"] = time_command(
+                ["ip", "netns", "exec", router.name, "true"], max(args.repeat, 5))
+            res.rows["(python -c pass)"] = time_command(
+                [sys.executable, "-c", "pass"], max(args.repeat, 5))
+            run(args, router, ws.workdir, res)
+            report(res, args)
+            return 0
+        except BenchError as exc:
+            print(f"bench failed: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
