@@ -69,15 +69,29 @@ class HelperChannel:
             future.set_result([])
         return True
 
+    PIPELINE = 256  # requests per datagram: the helper starts on one while we prepare the next
+
     async def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
-        """Send requests, return one reply per request, in order."""
-        replies, wire = screen(reqs)
+        """Send requests, return one reply per request, in order. Datagrams
+        are screened, encoded and sent one after the other without waiting
+        for answers, which are collected at the end."""
+        replies: list[dict[str, Any] | None] = []
+        pending: list[tuple[asyncio.Future[list[dict[str, Any]]], int]] = []
+        for start in range(0, len(reqs), self.PIPELINE):
+            known, batch = screen(reqs[start:start + self.PIPELINE])
+            replies += known
+            if batch:
+                pending.append((await self._send(batch), len(batch)))
         answers: list[dict[str, Any]] = []
-        for start in range(0, len(wire), MAX_BATCH):
-            answers += await self._exchange(wire[start:start + MAX_BATCH])
+        for future, size in pending:
+            got = await future
+            if len(got) != size:
+                raise HelperLost("the helper answered a batch with the wrong number of replies")
+            answers += got
         return merge(replies, answers)
 
-    async def _exchange(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _send(self, batch: list[dict[str, Any]]) -> asyncio.Future[list[dict[str, Any]]]:
+        """Send one datagram; the future gets its replies."""
         if self.lost:
             raise HelperLost(self.lost)
         future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
@@ -88,10 +102,7 @@ class HelperChannel:
                 await self._loop.sock_sendall(self.sock, data)
             except OSError as exc:
                 self._lose(f"cannot write to the helper: {exc.strerror}")
-        replies = await future
-        if len(replies) != len(batch):
-            raise HelperLost("the helper answered a batch with the wrong number of replies")
-        return replies
+        return future
 
     def _readable(self) -> None:
         for _ in range(READS_PER_WAKEUP):

@@ -11,15 +11,17 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from smcroute.ipc.control import ControlRequest
+from smcroute.policy.helper import is_multicast
 from smcroute.unprivileged import groups
 from smcroute.unprivileged.config import (
     ConfigError,
     addresses,
     check_ifname,
-    parse_address,
+    checked,
+    parse_prefix,
 )
 from smcroute.unprivileged.engine import match
-from smcroute.unprivileged.model import Directive, Interface, Mgroup, Mroute, Where
+from smcroute.unprivileged.model import Directive, Interface, Mgroup, Mroute, Prefix, Where
 
 IPC = Where("ipc", 0)
 MAX_OIFS = 32
@@ -38,24 +40,30 @@ def route_from_args(args: tuple[str, ...]) -> Mroute:
     if len(args) < 2:
         raise CommandError("mroute: expected IIF [SOURCE-IP[/LEN]] GROUP[/LEN] [OIF ...]")
     iif, first = args[0], args[1]
-    address = parse_address(first.partition("/")[0])
-    if address is None:
-        raise CommandError(f"mroute: invalid source/group address: {first}")
-    if address.is_multicast:
-        source_text, group_text, oifs = None, first, args[2:]
+
+    def prefix(text: str, error: str) -> Prefix:
+        try:
+            return parse_prefix(text, "address")
+        except ConfigError as exc:  # the address (SMCRoute's text) or its /LEN
+            raise CommandError(f"mroute: {exc}" if "prefix length" in str(exc)
+                               else error) from None
+
+    head = prefix(first, f"mroute: invalid source/group address: {first}")
+    if is_multicast(head.family, head.address.packed):
+        source, group, group_text, oifs = None, head, first, args[2:]
     else:
         if len(args) < 3:
             raise CommandError(f"mroute: missing multicast group after source {first}")
-        group = parse_address(args[2].partition("/")[0])
-        if group is None or not group.is_multicast:
+        group = prefix(args[2], f"mroute: invalid multicast group: {args[2]}")
+        if not is_multicast(group.family, group.address.packed):
             raise CommandError(f"mroute: invalid multicast group: {args[2]}")
-        source_text, group_text, oifs = first, args[2], args[3:]
+        source, group_text, oifs = head, args[2], args[3:]
     if len(oifs) > MAX_OIFS:
         raise CommandError(f"mroute: {len(oifs)} outbound interfaces, at most {MAX_OIFS}")
     try:
         for name in (iif, *oifs):
             check_ifname(name)
-        source, group_prefix = addresses(source_text, group_text, "mroute")
+        source, group_prefix = checked(source, group, group_text, "mroute")
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     return Mroute(IPC, iif, source, group_prefix, tuple(oifs))

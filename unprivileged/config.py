@@ -174,6 +174,12 @@ def addresses(source_text: str | None, group_text: str,
     """
     group = parse_prefix(group_text, "multicast group")
     source = None if source_text is None else parse_prefix(source_text, "source")
+    return checked(source, group, group_text, what)
+
+
+def checked(source: Prefix | None, group: Prefix, group_text: str,
+            what: str) -> tuple[Prefix | None, Prefix]:
+    """The rules for a parsed source and group (ConfigError if broken)."""
     # (byte tests: ipaddress' properties cost a start-up of 2000 lines dearly)
     if not is_multicast(group.family, group.address.packed):
         raise ConfigError(f"{what}: Invalid multicast group: {group_text}")

@@ -71,12 +71,15 @@ class ControlServer:
         if self.server:
             self.server.close()
 
-    async def _send(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
-        try:
-            data = encode_frame(msg, MAX_FRAME * 64)
-        except EncodeError as exc:
-            data = encode_frame(reply(False, f"reply too large: {exc}"))
-        writer.write(data)
+    async def _send(self, writer: asyncio.StreamWriter, *msgs: dict[str, Any]) -> None:
+        """Write the replies (all at once: a batch of answers is one write)."""
+        frames = []
+        for msg in msgs:
+            try:
+                frames.append(encode_frame(msg, MAX_FRAME * 64))
+            except EncodeError as exc:
+                frames.append(encode_frame(reply(False, f"reply too large: {exc}")))
+        writer.write(b"".join(frames))
         try:
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
         except TimeoutError:
@@ -132,8 +135,7 @@ class ControlServer:
                 batch.append(req)
                 answers.append(None)
             done = iter(await self.handler(peer, batch) if batch else [])
-            for answer in answers:
-                await self._send(writer, answer if answer is not None else next(done))
+            await self._send(writer, *(a if a is not None else next(done) for a in answers))
             self.after_reply()
             if broken is not None:
                 await self._send(writer, reply(False, f"malformed request: {broken}"))

@@ -353,7 +353,7 @@ def test_async_backlog_first_then_calls_and_upcalls() -> None:
     helper.stop()
 
 
-def test_async_large_call_is_split_at_max_batch() -> None:
+def test_async_large_call_is_pipelined_in_datagrams() -> None:
     helper = ThreadHelper(accept_all)
 
     async def body(ch: HelperChannel, events: Events) -> None:
@@ -362,7 +362,9 @@ def test_async_large_call_is_split_at_max_batch() -> None:
         assert [r["id"] for r in replies] == [r.id for r in reqs]
 
     run_async(helper, [], body)
-    assert [len(b) for b in helper.received] == [MAX_BATCH, 76]
+    step = HelperChannel.PIPELINE
+    assert [len(b) for b in helper.received] == (
+        [step] * ((MAX_BATCH + 76) // step) + [(MAX_BATCH + 76) % step])
     helper.stop()
 
 
