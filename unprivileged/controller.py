@@ -25,14 +25,14 @@ from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.flows import Decision
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger
-from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif
+from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif, addr, sg
 from smcroute.unprivileged.mrdisc import MrdiscState
 from smcroute.unprivileged.netwatch import LinkWatch
 from smcroute.unprivileged.notify import notify
 from smcroute.unprivileged.options import Options
 from smcroute.unprivileged.pidfile import PidFile
 from smcroute.unprivileged.script import ActionScript, usable
-from smcroute.unprivileged.state import addr, load_plan, log_diagnostic, sg
+from smcroute.unprivileged.state import load_plan, log_diagnostic
 
 EDITS = ("add", "remove", "join", "leave")
 READY = "Ready, waiting for client request or kernel event."

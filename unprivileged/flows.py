@@ -16,7 +16,7 @@ from smcroute.unprivileged import learn
 from smcroute.unprivileged.budget import Throttle, TokenBucket
 from smcroute.unprivileged.engine import Plan
 from smcroute.unprivileged.learn import Flow, Templates
-from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Vif
+from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Vif, addr
 
 if TYPE_CHECKING:
     from smcroute.unprivileged.log import Logger
@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 class Decision:
     flow: Flow
     mfc: Mfc
-    rule: Mroute | None  # the template that matched; None for a stop filter
     moved_from: str | None = None  # WRONGVIF: the inbound interface it had
+
+    @property
+    def rule(self) -> Mroute | None:
+        """The template that matched; None for a stop filter."""
+        return self.flow.rule
 
 
 @dataclass
@@ -46,9 +50,7 @@ class Limits:
 
 
 def _text(key: MfcKey) -> tuple[str, str]:
-    import ipaddress
-
-    return str(ipaddress.ip_address(key.source)), str(ipaddress.ip_address(key.group))
+    return addr(key.source), addr(key.group)
 
 
 @dataclass
@@ -57,7 +59,6 @@ class FlowTable:
     limits: Limits = field(default_factory=Limits)
     verbose: bool = False  # per-upcall info lines (formatting them costs)
     flows: dict[MfcKey, Flow] = field(default_factory=dict)
-    rules: dict[MfcKey, Mroute] = field(default_factory=dict)  # learned flow -> its template
     activity: dict[MfcKey, Activity] = field(default_factory=dict)
     templates: Templates = field(default_factory=lambda: Templates([]))
     vifs_by_name: dict[tuple[int, str], Vif] = field(default_factory=dict)
@@ -93,15 +94,9 @@ class FlowTable:
         self.templates = Templates(self._target.templates)
         self.vifs_by_name = dict(self._target.vifs)
         self.flows = {k: f for k, f in self._next.items() if k in installed}
-        self.rules = {}
-        for key, flow in self.flows.items():
-            if not flow.stop:
-                route = self.templates.match(key.family, flow.iif, key.source, key.group)
-                if route is not None:
-                    self.rules[key] = route.rule
         self.activity = {k: self.activity.get(k) or Activity(now, now) for k in self.flows}
-        self.learned = Counter(self.rules.values())
-        self.total = len(self.rules)
+        self.learned = Counter(f.rule for f in self.flows.values() if f.rule is not None)
+        self.total = sum(self.learned.values())
         self.stops = len(self.flows) - self.total
         for d in self.inflight.values():
             self._count(d.rule, 1)
@@ -153,13 +148,13 @@ class FlowTable:
                 self._quiet("stops", f"stop filter budget of {self.limits.max_learned}"
                                      " exhausted: new flows ignored for now", now)
                 continue
-            flow = learn.Flow(key, iif, stop=route is None, budget=budget)
+            flow = learn.Flow(key, iif, stop=route is None, budget=budget,
+                              rule=route.rule if route else None)
             if route is None and self.verbose and not budget:
                 s, g = _text(key)
                 self.log.info(f"Multicast from {s}, group {g}, on {iif} does not match"
                               " any (*,G) rule")
-            d = Decision(flow, learn.entry(flow, route, self.vifs_by_name),
-                         route.rule if route else None)
+            d = Decision(flow, learn.entry(flow, route, self.vifs_by_name))
             self._count(d.rule, 1)
             self.inflight[key] = d
             out.append(d)
@@ -183,21 +178,17 @@ class FlowTable:
                 s, g = _text(key)
                 self.log.info(f"Multicast from {s}, group {g} on wrong VIF, iface {iif}")
             return None
-        new = learn.Flow(key, iif, stop=False)
-        return Decision(new, learn.entry(new, route, self.vifs_by_name), route.rule,
-                        moved_from=flow.iif)
+        new = learn.Flow(key, iif, stop=False, rule=route.rule)
+        return Decision(new, learn.entry(new, route, self.vifs_by_name), moved_from=flow.iif)
 
     def installed(self, d: Decision, now: float) -> None:
         """The kernel took the decision's entry."""
         key = d.flow.key
         self.inflight.pop(key, None)
-        if key in self.flows:  # a WRONGVIF move replaces a flow: uncount the old one
-            self._count(self.rules.get(key), -1)
+        old = self.flows.get(key)
+        if old is not None:  # a WRONGVIF move replaces a flow: uncount the old one
+            self._count(old.rule, -1)
         self.flows[key] = d.flow
-        if d.rule is not None:
-            self.rules[key] = d.rule
-        else:
-            self.rules.pop(key, None)
         self.activity[key] = Activity(now, now)
 
     def abandoned(self, d: Decision) -> None:
@@ -227,8 +218,9 @@ class FlowTable:
 
     def forget(self, keys: Iterable[MfcKey]) -> None:
         for key in keys:
-            if self.flows.pop(key, None) is not None:
-                self._count(self.rules.pop(key, None), -1)
+            flow = self.flows.pop(key, None)
+            if flow is not None:
+                self._count(flow.rule, -1)
             self.activity.pop(key, None)
 
     def _quiet(self, what: str, text: str, now: float) -> None:

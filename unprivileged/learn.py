@@ -23,6 +23,7 @@ class Flow:
     iif: str  # the interface it arrived on
     stop: bool  # True: a stop filter (no OIFs)
     budget: bool = False  # a stop filter because a budget was exhausted: it expires
+    rule: Mroute | None = None  # the template that gave a learned route its OIFs
 
 
 def _net(prefix: Prefix | None) -> tuple[int, int]:
@@ -38,7 +39,6 @@ class Templates:
     """Template routes in config order, compiled for a fast first match."""
 
     def __init__(self, routes: list[Route]) -> None:
-        self.routes = routes
         self._compiled = [(r, r.rule.family, r.iif, *_net(r.rule.group), *_net(r.rule.source))
                           for r in routes]
 
@@ -65,7 +65,7 @@ def decide(templates: Templates, vifs: Mapping[tuple[int, str], Vif], key: MfcKe
            iif: str) -> tuple[Flow, Mfc, Route | None]:
     """A new flow from an upcall: learned route if a template matches, else stop filter."""
     route = templates.match(key.family, iif, key.source, key.group)
-    flow = Flow(key, iif, stop=route is None)
+    flow = Flow(key, iif, stop=route is None, rule=route.rule if route else None)
     return flow, entry(flow, route, vifs), route
 
 
@@ -97,7 +97,8 @@ def replan(target: Plan, flows: Mapping[MfcKey, Flow], max_learned: int,
         if route is not None:
             total += 1
             per_rule[route.rule] += 1
-        new = Flow(key, flow.iif, stop=route is None, budget=budget)
+        new = Flow(key, flow.iif, stop=route is None, budget=budget,
+                   rule=route.rule if route else None)
         kept[key] = new
         target.mfc[key] = entry(new, route, target.vifs)
     return kept

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from smcroute.unprivileged.groups import Membership
+from smcroute.unprivileged.model import addr
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -70,7 +71,6 @@ class _Socket:
         return None not in sources and m.source is not None and len(sources) < max_sources
 
 
-@dataclass
 class Kernel:
     """Seam for tests: the system calls used."""
 
@@ -186,7 +186,4 @@ class Memberships:
 
 
 def _text(m: Membership) -> str:
-    import ipaddress
-
-    source = "*" if m.source is None else str(ipaddress.ip_address(m.source))
-    return f"({source}, {ipaddress.ip_address(m.group)})"
+    return f"({'*' if m.source is None else addr(m.source)}, {addr(m.group)})"

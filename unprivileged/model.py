@@ -152,6 +152,15 @@ class MfcKey:
     group: bytes
 
 
+def addr(packed: bytes) -> str:
+    """An address in the kernel's packed form, as text."""
+    return str(ipaddress.ip_address(packed))
+
+
+def sg(key: MfcKey) -> str:
+    return f"({addr(key.source)}, {addr(key.group)})"
+
+
 @dataclass(frozen=True)
 class Mfc:
     """One kernel MFC entry and where it came from."""

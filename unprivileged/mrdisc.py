@@ -11,6 +11,7 @@ the kernel delivers solicitations to the helper's IGMP socket.
 from __future__ import annotations
 
 import errno
+import ipaddress
 from typing import TYPE_CHECKING
 
 from smcroute.ipc.helper import Mrdisc
@@ -29,8 +30,6 @@ QUIET = (errno.ENETDOWN, errno.ENETUNREACH)  # the interface is down: nothing to
 
 def _joins(names: Iterable[str], interfaces: Mapping[str, Interface]
            ) -> dict[tuple[int, int, bytes | None, bytes], Membership]:
-    import ipaddress
-
     out = {}
     for name in names:
         if name in interfaces:
@@ -51,13 +50,12 @@ class MrdiscState:
 
     def update(self, wanted: Iterable[str], vifs: Mapping[tuple[int, str], Vif],
                interfaces: Mapping[str, Interface], next_id: Callable[[], int]) -> list[Mrdisc]:
-        """New set of mrdisc interfaces: advertise on new ones, terminate on
-        those that stop; returns the helper requests."""
+        """After a plan is applied: advertise at once on interfaces where
+        mrdisc starts (retire() has already ended it where it stops);
+        returns the helper requests."""
         now = {name: vifs[(4, name)].vif for name in wanted if (4, name) in vifs}
-        reqs = [Mrdisc(next_id(), vif, self.interval, True)
-                for name, vif in self.enabled.items() if now.get(name) != vif]
-        reqs += [Mrdisc(next_id(), vif, self.interval, False)
-                 for name, vif in now.items() if self.enabled.get(name) != vif]
+        reqs = [Mrdisc(next_id(), vif, self.interval, False)
+                for name, vif in now.items() if self.enabled.get(name) != vif]
         self.enabled = now
         for _, error in self.joins.apply(_joins(now, interfaces)):
             self.log.warning(error)

@@ -7,7 +7,6 @@ JSON is one line without spaces (4.7).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from smcroute.unprivileged.model import (
     Pending,
     Prefix,
     Vif,
+    addr,
 )
 
 Counters = Callable[[MfcKey], tuple[int, int]]  # (packets, bytes)
@@ -41,10 +41,6 @@ class RouteView:
 
 def _sg_text(source: str | None, group: str) -> str:
     return f"({source or '*'}, {group})"
-
-
-def _addr(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
 
 
 def _rule_source(prefix: Prefix | None) -> str | None:
@@ -89,7 +85,7 @@ def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
     if view.kernel:
         out += ["Kernel MFC Table_", heading]
         ordered = [m for m in view.kernel if m.oifs] + [m for m in view.kernel if not m.oifs]
-        out += [row(_sg_text(_addr(m.key.source), _addr(m.key.group)),
+        out += [row(_sg_text(addr(m.key.source), addr(m.key.group)),
                     view.vif_names.get((m.key.family, m.iif), ""),
                     _oif_names(m, view.vif_names), m.key) for m in ordered]
     return out
@@ -100,7 +96,7 @@ def routes_json(view: RouteView) -> list[str]:
         return {"source": _rule_source(r.rule.source), "group": str(r.rule.group),
                 "iif": r.iif, "oifs": _route_oifs(r)}
 
-    kernel = [{"source": _addr(m.key.source), "group": _addr(m.key.group),
+    kernel = [{"source": addr(m.key.source), "group": addr(m.key.group),
                "iif": view.vif_names.get((m.key.family, m.iif), ""),
                "oifs": _oif_names(m, view.vif_names)} for m in view.kernel]
     return [_json({"routes": {"asm": [rule(r) for r in view.templates],

@@ -7,7 +7,6 @@ through load_plan(), RouteState.requests() and RouteState.record().
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from smcroute.unprivileged.model import (
     Mroute,
     Pending,
     Vif,
+    sg,
 )
 from smcroute.unprivileged.options import Options
 
@@ -36,14 +36,6 @@ if TYPE_CHECKING:  # structlog is imported only once the routes are in
     from smcroute.unprivileged.log import Logger
 
 Todo = list[tuple[Request, Vif | Mfc]]
-
-
-def addr(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
-
-
-def sg(key: MfcKey) -> str:
-    return f"({addr(key.source)}, {addr(key.group)})"
 
 
 def pending_text(p: Pending) -> str:
