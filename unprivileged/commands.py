@@ -173,18 +173,6 @@ def group_from_args(args: tuple[str, ...], verb: str) -> Mgroup:
     return rule
 
 
-def join_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
-    rules = Rules(directives)
-    rules.join(rule)
-    return rules.result()
-
-
-def leave_rule(directives: tuple[Directive, ...], rule: Mgroup) -> tuple[Directive, ...]:
-    rules = Rules(directives)
-    rules.leave(rule)
-    return rules.result()
-
-
 def edit(rules: Rules, req: ControlRequest, interfaces: Mapping[str, Interface]
          ) -> Mroute | Mgroup:
     """Apply one add/remove/join/leave request to the rules."""

@@ -223,26 +223,31 @@ def run(opts: options.Options, level: int,
         log.warning(f"Failed create/chown PID file {opts.pid_path}: {exc.strerror}")
     control = control_socket(opts, log)
     creds = Credentials(user.uid, user.gid, user.groups) if user else None
-    try:
-        drop_privileges(creds, keep=())
-    except (OSError, PrivilegeError, ValueError) as exc:
-        log.err(f"Could not drop root privileges: {exc}")
-        helper.send_signal(signal.SIGKILL)
-        helper.wait()
-        return 1
-    if user:
-        log.info(f"Root privileges dropped: Current UID {os.getuid()}, GID {os.getgid()}.")
-    from smcroute.unprivileged.boot import EXIT_HELPER_LOST, boot
 
-    booted = boot(opts, log, level, helper, sock)
-    if booted is None:
+    def give_up(status: int) -> int:
+        """Leave no PID file or socket of ours behind."""
         if pidfile:
             pidfile.remove()
         if control:
             control[0].close()
             with contextlib.suppress(OSError):
                 os.unlink(opts.sock_path)
-        return EXIT_HELPER_LOST
+        return status
+
+    try:
+        drop_privileges(creds, keep=())
+    except (OSError, PrivilegeError, ValueError) as exc:
+        log.err(f"Could not drop root privileges: {exc}")
+        helper.send_signal(signal.SIGKILL)
+        helper.wait()
+        return give_up(1)
+    if user:
+        log.info(f"Root privileges dropped: Current UID {os.getuid()}, GID {os.getgid()}.")
+    from smcroute.unprivileged.boot import EXIT_HELPER_LOST, boot
+
+    booted = boot(opts, log, level, helper, sock)
+    if booted is None:
+        return give_up(EXIT_HELPER_LOST)
     # The initial routes are in the kernel: now the heavy imports.
     import asyncio
 

@@ -23,8 +23,6 @@ from smcroute.unprivileged.commands import (
     Rules,
     edit,
     group_from_args,
-    join_rule,
-    leave_rule,
 )
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.engine import plan
@@ -40,6 +38,18 @@ from smcroute.unprivileged.model import Interface, Mgroup, Pending
 
 FILE = "/etc/smcroute.conf"
 
+
+
+def join_rule(conf, rule):
+    rules = Rules(conf)
+    rules.join(rule)
+    return rules.result()
+
+
+def leave_rule(conf, rule):
+    rules = Rules(conf)
+    rules.leave(rule)
+    return rules.result()
 
 
 def edit_directives(conf, req, ifs):
