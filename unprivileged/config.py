@@ -7,6 +7,7 @@ values come out, whatever the input.
 
 from __future__ import annotations
 
+import functools
 import glob
 import ipaddress
 import os
@@ -90,8 +91,13 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_prefix(text: str, what: str) -> Prefix:
-    """ADDR[/LEN] -> Prefix; LEN absent or 0 means the full length."""
+    """ADDR[/LEN] -> Prefix; LEN absent or 0 means the full length.
+
+    Cached: a config or an smcroutectl batch names the same sources (and
+    often groups) again and again, and a Prefix is immutable.
+    """
     addr_text, slash, len_text = text.partition("/")
     address = parse_address(addr_text)
     if address is None:

@@ -24,7 +24,7 @@ from smcroute.unprivileged.commands import IPC, CommandError, Rules, edit
 from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.flows import Decision
 from smcroute.unprivileged.interfaces import read_interfaces
-from smcroute.unprivileged.log import Logger
+from smcroute.unprivileged.log import Logger, batched
 from smcroute.unprivileged.model import Config, Mfc, MfcKey, Mgroup, Mroute, Vif, addr, sg
 from smcroute.unprivileged.mrdisc import MrdiscState
 from smcroute.unprivileged.netwatch import LinkWatch
@@ -464,13 +464,15 @@ class Controller:
             self.state.directives = directives
             await self.mrdisc_update()
         out = []
-        for req, result in zip(reqs, results, strict=True):
-            if isinstance(result, Mgroup):
-                text = "\n".join(e for m, e in join_errors if groups.same(m.rule, result))
-            else:
-                text = result if isinstance(result, str) else self.kernel_refusal(result, failed)
-            self.audit(peer, req.cmd, req.args, text or "ok")
-            out.append(reply(not text, text))
+        with batched():
+            for req, result in zip(reqs, results, strict=True):
+                if isinstance(result, Mgroup):
+                    text = "\n".join(e for m, e in join_errors if groups.same(m.rule, result))
+                else:
+                    text = (result if isinstance(result, str)
+                            else self.kernel_refusal(result, failed))
+                self.audit(peer, req.cmd, req.args, text or "ok")
+                out.append(reply(not text, text))
         return out
 
     @staticmethod

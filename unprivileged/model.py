@@ -56,6 +56,10 @@ class Prefix:
     def __str__(self) -> str:
         return str(self.address) if self.is_host else f"{self.address}/{self.length}"
 
+    def __hash__(self) -> int:
+        # ipaddress hashes through hex(): rule indexes hash prefixes a lot
+        return hash((int(self.address), self.length))
+
 
 @dataclass(frozen=True)
 class Phyint:

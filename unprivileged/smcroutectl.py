@@ -16,7 +16,7 @@ import sys
 import time
 
 from smcroute.ipc.control import ControlRequest
-from smcroute.ipc.lite import Frames, LiteError, frame
+from smcroute.ipc.lite import Frames, LiteError, request_frame
 from smcroute.unprivileged import texts
 from smcroute.unprivileged.cmdline import OptError, getopt
 
@@ -73,11 +73,19 @@ class Settings:
 
 def lookup(word: str) -> tuple[str, int, str, str] | None:
     """SMCRoute's rule: the first row sharing min(len(row), len(word)) chars."""
+    if word in _LOOKED_UP:  # a batch asks for the same few words 2000 times
+        return _LOOKED_UP[word]
+    found = None
     for row in COMMANDS:
         n = min(len(row[0]), len(word))
         if row[0][:n] == word[:n]:
-            return row
-    return None
+            found = row
+            break
+    _LOOKED_UP[word] = found
+    return found
+
+
+_LOOKED_UP: dict[str, tuple[str, int, str, str] | None] = {}
 
 
 def command_help(row: tuple[str, int, str, str]) -> str:
@@ -118,7 +126,7 @@ def exchange(settings: Settings, requests: list[ControlRequest]) -> list[dict[st
     directions' buffers and stall client and daemon alike.
     """
     sock = connect(settings)
-    data = b"".join(frame(r.to_wire()) for r in requests)
+    data = b"".join(request_frame(r.cmd, r.args, r.detail, r.json) for r in requests)
     sent = 0
     decoder = Frames(limit=64 * 1024 * 64)
     replies: list[dict[str, object]] = []

@@ -12,6 +12,7 @@ the other core while this process imports asyncio and parses the config.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from smcroute.unprivileged.bootlog import DeferredLog
 EX_OSERR = 71
 EX_NOPERM = 77
 CHANNEL_BUFFER = 4 * 1024 * 1024
+GC_THRESHOLDS = (50_000, 20, 20)  # gen0 allocations, gen0 runs per gen1, gen1 runs per gen2
 
 
 def daemonize() -> None:
@@ -158,6 +160,10 @@ def spawn(opts: options.Options) -> tuple[subprocess.Popen[bytes], socket.socket
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Rules, routes and flows are many small long-lived objects without
+    # reference cycles: with the default thresholds the cycle collector
+    # scanned them over and over (a sixth of an smcroutectl batch's time).
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         opts = options.parse(sys.argv[1:] if argv is None else argv)
     except options.Exit as exc:
@@ -257,6 +263,7 @@ def run(opts: options.Options, level: int,
     log.replay(real)
     booted.state.use_logger(real)
     controller = Controller(opts, real, helper, booted, pidfile, control)
+    gc.freeze()  # what start-up built lives on: no collection need ever scan it
     return asyncio.run(controller.run(early.received))
 
 

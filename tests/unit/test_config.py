@@ -937,3 +937,15 @@ def test_valid_config_is_clean(include_dir: Path) -> None:
     own = [d for d in config.directives if d.where.file.endswith("main.conf")]
     assert len(own) == len(VALID_CONFIG) - 2
     assert len(config.directives) == len(own) + 2  # and a.conf through b.conf
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(1, 32), st.integers(1, 32))
+def test_prefix_hash_agrees_with_equality(a: int, b: int, la: int, lb: int) -> None:
+    p, q = Prefix(ipaddress.IPv4Address(a), la), Prefix(ipaddress.IPv4Address(b), lb)
+    assert (p == q) == ((a, la) == (b, lb))
+    if p == q:
+        assert hash(p) == hash(q)
+    assert p == Prefix(ipaddress.IPv4Address(a), la) and hash(p) == hash(
+        Prefix(ipaddress.IPv4Address(a), la))
+    assert p != Prefix(ipaddress.IPv6Address(a), la)  # same number, other family

@@ -54,3 +54,34 @@ def test_frame_length_checked(data: bytes) -> None:
 def test_depth_limit() -> None:
     with pytest.raises(lite.LiteError):
         lite.decode(b"\x91" * 40 + b"\xc0")
+
+
+args_lists = st.lists(st.text(max_size=300), max_size=40).map(tuple)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.text(max_size=40), args_lists, st.booleans(), st.booleans())
+def test_request_frame_is_the_generic_frame(cmd: str, args: tuple[str, ...], detail: bool,
+                                            as_json: bool) -> None:
+    wire = {"cmd": cmd, "args": list(args), "detail": detail, "json": as_json}
+    assert lite.request_frame(cmd, args, detail, as_json) == lite.frame(wire)
+    # and again: the second time the strings come from the cache
+    assert lite.request_frame(cmd, args, detail, as_json) == lite.frame(wire)
+
+
+def test_small_frames_decoded_once_across_feeds() -> None:
+    ok, no = {"ok": True, "text": ""}, {"ok": False, "text": "no route"}
+    data = (lite.frame(ok) + lite.frame(no)) * 50
+    frames = lite.Frames(limit=1024)
+    got = []
+    for i in range(0, len(data), 5):  # frames split across feeds
+        got += frames.feed(data[i:i + 5])
+    assert got == [ok, no] * 50
+    assert got[0] is got[2] and got[1] is got[3]  # shared, as documented
+    assert not frames.buf
+
+
+def test_bad_length_after_good_frames_keeps_nothing_half_read() -> None:
+    frames = lite.Frames(limit=1024)
+    with pytest.raises(lite.LiteError):
+        frames.feed(lite.frame({"ok": True, "text": ""}) + b"\x00\x00\x00\x00")

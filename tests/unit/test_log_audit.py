@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from smcroute.ipc.helper import AddMfc, AddVif
 from smcroute.unprivileged.levels import PRIORITY
-from smcroute.unprivileged.log import configure
+from smcroute.unprivileged.log import batched, configure
 from smcroute.unprivileged.model import Mfc, MfcKey, Vif
 from smcroute.unprivileged.state import RouteState
 
@@ -36,6 +37,35 @@ def test_text_lines_on_stderr(capsys) -> None:
     log.info("not shown")
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("demo[") and line.endswith("]: Ready k=v")
+
+
+def test_batched_lines_are_written_together_in_order(capsys, monkeypatch) -> None:
+    log = configure("demo", PRIORITY["notice"], stderr=True, use_syslog=False)
+    writes: list[str] = []
+    real = sys.stderr.write
+    monkeypatch.setattr(sys.stderr, "write", lambda text: writes.append(text) or real(text))
+    with batched():
+        for i in range(3):
+            log.notice("control request", n=i)
+        with batched():  # nested: still one write at the outer end
+            log.notice("inner")
+        assert not writes
+    log.notice("after")
+    assert len(writes) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "control request n=0", "control request n=1", "control request n=2", "inner", "after"]
+
+
+def test_batched_writes_even_when_the_block_fails(capsys) -> None:
+    log = configure("demo", PRIORITY["notice"], stderr=True, use_syslog=False)
+    try:
+        with batched():
+            log.notice("kept")
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert capsys.readouterr().err.endswith("]: kept\n")
 
 
 def test_every_privileged_operation_is_audited() -> None:
