@@ -53,10 +53,13 @@ class ControlRequest:
                 "json": self.json}
 
 
+_KEYS = frozenset({"cmd", "args", "detail", "json"})
+
+
 def parse_request(msg: Any) -> ControlRequest:
     if type(msg) is not dict:
         raise BadRequest("a request must be a map")
-    if set(msg) != {"cmd", "args", "detail", "json"}:
+    if msg.keys() != _KEYS:
         raise BadRequest("a request has exactly the keys cmd, args, detail, json")
     cmd, args, detail, as_json = msg["cmd"], msg["args"], msg["detail"], msg["json"]
     if type(cmd) is not str or cmd not in COMMANDS:

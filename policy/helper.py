@@ -123,6 +123,9 @@ def _oifs(msg: dict[str, Any], iif: int) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(pairs))
 
 
+_KEYS = {op: frozenset({"op", "id", *fields}) for op, fields in FIELDS.items()}
+
+
 def parse_request(msg: Any) -> Request:
     """Check one request map against the schema and return its value."""
     if type(msg) is not dict:
@@ -130,8 +133,8 @@ def parse_request(msg: Any) -> Request:
     op = msg.get("op")
     if type(op) is not str or op not in FIELDS:
         raise Violation(f"unknown op {op!r}")
-    expected = {"op", "id", *FIELDS[op]}
-    if set(msg) != expected:
+    expected = _KEYS[op]
+    if msg.keys() != expected:
         extra = sorted(map(str, set(msg) - expected))
         missing = sorted(expected - set(msg))
         raise Violation(f"{op}: wrong keys (missing {missing}, unexpected {extra})")
