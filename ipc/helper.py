@@ -11,6 +11,9 @@ helper -> controller: a map with "t":
              is {"id", "ok": True, ...result fields} or
              {"id", "ok": False, "errno": int, "error": str}
   "upcalls": {"t", "upcalls": [[family, kind, vif, source, group], ...]}
+             kind "learned" (the helper installed the flow itself, by the
+             fast path) adds two items: [..., generation, index] of the
+             template that matched.
 
 Addresses travel as raw bytes (4 or 16), families as the integers 4 and 6.
 This module is plain data: the helper imports it, so standard library only.
@@ -33,11 +36,20 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "del_mfc": ("family", "source", "group"),
     "sg_count": ("family", "source", "group"),
     "mrdisc": ("vif", "interval", "terminate"),  # RFC 4286, IPv4 only
+    # (*,G) fast path: the helper installs a new flow a template covers
+    # right away, up to the limits, and reports it as a "learned" upcall.
+    # templates: [[family, iif, source, source_len, group, group_len, oifs], ...]
+    # (networks, host bits zero; source_len 0 and an all-zero source: any)
+    "templates": ("generation", "templates"),
+    # limits: per template, how many flows in all this generation may be
+    # installed by the fast path (cumulative, so a late message is harmless)
+    "allow": ("generation", "limits"),
 }
 
 # "solicit": an RFC 4286 solicitation arrived on vif (source: its sender,
 # group: its destination).
-UPCALL_KINDS = ("nocache", "wrongvif", "wholepkt", "solicit")
+# "learned": see "upcalls" above.
+UPCALL_KINDS = ("nocache", "wrongvif", "wholepkt", "solicit", "learned")
 
 
 @dataclass(frozen=True)
@@ -110,14 +122,58 @@ class Mrdisc:
     op = "mrdisc"
 
 
-Request = Hello | Modules | AddVif | DelVif | AddMfc | DelMfc | SgCount | Mrdisc
+@dataclass(frozen=True)
+class Template:
+    """A (*,G) rule on one inbound VIF, as the helper's fast path matches it."""
+
+    family: int
+    iif: int
+    source: bytes  # network; all zero with source_len 0: any source
+    source_len: int
+    group: bytes  # network
+    group_len: int
+    oifs: tuple[tuple[int, int], ...]  # (vif, ttl), ascending vif
+
+    def to_wire(self) -> list[Any]:
+        return [self.family, self.iif, self.source, self.source_len, self.group,
+                self.group_len, [list(pair) for pair in self.oifs]]
+
+
+@dataclass(frozen=True)
+class SetTemplates:
+    """Replace the fast path's templates (first match wins); all limits 0."""
+
+    id: int
+    generation: int
+    templates: tuple[Template, ...]
+    op = "templates"
+
+
+@dataclass(frozen=True)
+class Allow:
+    """Raise the fast path's limits (cumulative per template this generation)."""
+
+    id: int
+    generation: int
+    limits: tuple[int, ...]
+    op = "allow"
+
+
+Request = (Hello | Modules | AddVif | DelVif | AddMfc | DelMfc | SgCount | Mrdisc
+           | SetTemplates | Allow)
 
 
 def to_wire(req: Request) -> dict[str, Any]:
     msg: dict[str, Any] = {"op": req.op, "id": req.id}
     for name in FIELDS[req.op]:
         value = getattr(req, name)
-        msg[name] = [list(pair) for pair in value] if name == "oifs" else value
+        if name == "oifs":
+            value = [list(pair) for pair in value]
+        elif name == "templates":
+            value = [t.to_wire() for t in value]
+        elif name == "limits":
+            value = list(value)
+        msg[name] = value
     return msg
 
 
@@ -128,11 +184,16 @@ class Upcall:
     vif: int
     source: bytes
     group: bytes
+    generation: int = 0  # "learned": the template that matched
+    index: int = -1
+
+    def to_wire(self) -> list[Any]:
+        item = [self.family, self.kind, self.vif, self.source, self.group]
+        return [*item, self.generation, self.index] if self.kind == "learned" else item
 
 
 def upcalls_message(upcalls: list[Upcall]) -> dict[str, Any]:
-    return {"t": "upcalls",
-            "upcalls": [[u.family, u.kind, u.vif, u.source, u.group] for u in upcalls]}
+    return {"t": "upcalls", "upcalls": [u.to_wire() for u in upcalls]}
 
 
 def ok_reply(req_id: int, **result: Any) -> dict[str, Any]:

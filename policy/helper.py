@@ -24,20 +24,26 @@ from smcroute.ipc.helper import (
     FIELDS,
     AddMfc,
     AddVif,
+    Allow,
     DelMfc,
     DelVif,
     Hello,
     Modules,
     Mrdisc,
     Request,
+    SetTemplates,
     SgCount,
+    Template,
 )
+from smcroute.policy.fastpath import FastPath
 from smcroute.policy.limits import (
     ADDR_LEN,
     DEFAULT_MAX_MFC,
     FAMILIES,
     MAX_BATCH,
+    MAX_FAST_LIMIT,
     MAX_OIFS,
+    MAX_TEMPLATES,
     MAXVIFS,
     MRDISC_INTERVAL,
     TTL_MAX,
@@ -74,7 +80,10 @@ def _checked_int(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 def _addr(msg: dict[str, Any], key: str, family: int) -> bytes:
-    value = msg[key]
+    return _address(msg[key], key, family)
+
+
+def _address(value: Any, key: str, family: int) -> bytes:
     if type(value) is not bytes:
         raise Violation(f"{key} must be bytes, got {type(value).__name__}")
     if len(value) != ADDR_LEN[family]:
@@ -93,17 +102,23 @@ def _group(msg: dict[str, Any], family: int) -> bytes:
     return group
 
 
+def source_problem(family: int, source: bytes) -> str | None:
+    """Why source cannot be a route's source address, if it cannot."""
+    if is_multicast(family, source):
+        return "source is a multicast address"
+    if family == 4 and source == b"\xff\xff\xff\xff":
+        return "source is the broadcast address"
+    return None
+
+
 def _source(msg: dict[str, Any], family: int) -> bytes:
     source = _addr(msg, "source", family)
-    if is_multicast(family, source):
-        raise Violation("source is a multicast address")
-    if family == 4 and source == b"\xff\xff\xff\xff":
-        raise Violation("source is the broadcast address")
+    if problem := source_problem(family, source):
+        raise Violation(problem)
     return source
 
 
-def _oifs(msg: dict[str, Any], iif: int) -> tuple[tuple[int, int], ...]:
-    value = msg["oifs"]
+def _oifs(value: Any, iif: int) -> tuple[tuple[int, int], ...]:
     if type(value) is not list:
         raise Violation(f"oifs must be a list, got {type(value).__name__}")
     if len(value) > MAX_OIFS:
@@ -121,6 +136,37 @@ def _oifs(msg: dict[str, Any], iif: int) -> tuple[tuple[int, int], ...]:
     if len(set(vifs)) != len(vifs):
         raise Violation("duplicate oif")
     return tuple(sorted(pairs))
+
+
+def _family(value: Any) -> int:
+    if type(value) is not int or value not in FAMILIES:
+        raise Violation(f"family must be 4 or 6, got {value!r}")
+    return value
+
+
+def _network(value: Any, length: Any, family: int, what: str) -> tuple[bytes, int]:
+    """A prefix as the fast path matches it: exact length, no host bits."""
+    data = _address(value, what, family)
+    bits = 8 * ADDR_LEN[family]
+    n = _checked_int(length, f"{what}_len", 0, bits)
+    if int.from_bytes(data, "big") & ((1 << (bits - n)) - 1):
+        raise Violation(f"{what} has bits set beyond its prefix length {n}")
+    return data, n
+
+
+def _template(item: Any) -> Template:
+    if type(item) is not list or len(item) != 7:
+        raise Violation("each template must be a list of 7 items")
+    family = _family(item[0])
+    iif = _checked_int(item[1], "iif", 0, MAXVIFS - 1)
+    source, source_len = _network(item[2], item[3], family, "source")
+    group, group_len = _network(item[4], item[5], family, "group")
+    if source_len and (problem := source_problem(family, source)):
+        raise Violation(problem)
+    # a group prefix must lie within the multicast range: 224/4 or ff00::/8
+    if group_len < (4 if family == 4 else 8) or not is_multicast(family, group):
+        raise Violation("group is not a multicast prefix")
+    return Template(family, iif, source, source_len, group, group_len, _oifs(item[6], iif))
 
 
 _KEYS = {op: frozenset({"op", "id", *fields}) for op, fields in FIELDS.items()}
@@ -149,9 +195,20 @@ def parse_request(msg: Any) -> Request:
             raise Violation("terminate must be a boolean")
         return Mrdisc(rid, _int(msg, "vif", 0, MAXVIFS - 1),
                       _int(msg, "interval", *MRDISC_INTERVAL), terminate)
-    family = msg["family"]
-    if type(family) is not int or family not in FAMILIES:
-        raise Violation(f"family must be 4 or 6, got {family!r}")
+    if op == "templates":
+        generation = _int(msg, "generation", 0, MAX_ID)
+        value = msg["templates"]
+        if type(value) is not list or len(value) > MAX_TEMPLATES:
+            raise Violation(f"templates must be a list of at most {MAX_TEMPLATES}")
+        return SetTemplates(rid, generation, tuple(_template(t) for t in value))
+    if op == "allow":
+        generation = _int(msg, "generation", 0, MAX_ID)
+        value = msg["limits"]
+        if type(value) is not list or len(value) > MAX_TEMPLATES:
+            raise Violation(f"limits must be a list of at most {MAX_TEMPLATES}")
+        return Allow(rid, generation,
+                     tuple(_checked_int(n, "limit", 0, MAX_FAST_LIMIT) for n in value))
+    family = _family(msg["family"])
     if op == "add_vif":
         return AddVif(rid, family, _int(msg, "vif", 0, MAXVIFS - 1),
                       _int(msg, "ifindex", 1, MAX_IFINDEX),
@@ -162,7 +219,7 @@ def parse_request(msg: Any) -> Request:
     group = _group(msg, family)
     if op == "add_mfc":
         iif = _int(msg, "iif", 0, MAXVIFS - 1)
-        return AddMfc(rid, family, source, group, iif, _oifs(msg, iif))
+        return AddMfc(rid, family, source, group, iif, _oifs(msg["oifs"], iif))
     if op == "del_mfc":
         return DelMfc(rid, family, source, group)
     return SgCount(rid, family, source, group)
@@ -183,10 +240,15 @@ class HelperState:
     max_mfc: int = DEFAULT_MAX_MFC
     vifs: dict[int, dict[int, int]] = field(default_factory=lambda: {4: {}, 6: {}})
     mfc: set[tuple[int, bytes, bytes]] = field(default_factory=set)
+    fast: FastPath = field(default_factory=FastPath)
 
     def apply(self, req: Request) -> None:
         """Record a request the kernel accepted."""
-        if isinstance(req, AddVif):
+        if isinstance(req, SetTemplates):
+            self.fast.load(req)
+        elif isinstance(req, Allow):
+            self.fast.allow(req)
+        elif isinstance(req, AddVif):
             self.vifs[req.family][req.vif] = req.ifindex
         elif isinstance(req, DelVif):
             self.vifs[req.family].pop(req.vif, None)
@@ -211,10 +273,17 @@ def check(req: Request, state: HelperState) -> None:
         if req.vif not in state.vifs[4]:
             raise Refusal(errno.ENODEV, f"vif {req.vif} was not added")
     elif isinstance(req, AddMfc):
-        vifs = state.vifs[req.family]
-        for vif in (req.iif, *(v for v, _ in req.oifs)):
-            if vif not in vifs:
-                raise Refusal(errno.ENODEV, f"vif {vif} was not added")
-        key = (req.family, req.source, req.group)
-        if key not in state.mfc and len(state.mfc) >= state.max_mfc:
-            raise Refusal(errno.ENOSPC, f"MFC entry cap of {state.max_mfc} reached")
+        check_mfc(state, req.family, req.source, req.group, req.iif, req.oifs)
+
+
+def check_mfc(state: HelperState, family: int, source: bytes, group: bytes, iif: int,
+              oifs: tuple[tuple[int, int], ...]) -> None:
+    """add_mfc's state rules (also the fast path's, which builds no request)."""
+    vifs = state.vifs[family]
+    if iif not in vifs:
+        raise Refusal(errno.ENODEV, f"vif {iif} was not added")
+    for vif, _ in oifs:
+        if vif not in vifs:
+            raise Refusal(errno.ENODEV, f"vif {vif} was not added")
+    if len(state.mfc) >= state.max_mfc and (family, source, group) not in state.mfc:
+        raise Refusal(errno.ENOSPC, f"MFC entry cap of {state.max_mfc} reached")

@@ -11,3 +11,8 @@ MAX_BATCH = 1024  # requests in one helper datagram
 FAMILIES = (4, 6)
 ADDR_LEN = {4: 4, 6: 16}
 MRDISC_INTERVAL = (4, 180)  # RFC 4286 advertisement interval, seconds
+# (*,G) fast path: templates the helper matches upcalls against (each
+# non-matching upcall is compared with all of them), and how many new flows
+# the controller lets it install ahead of its own bookkeeping.
+MAX_TEMPLATES = 64
+MAX_FAST_LIMIT = 2**31 - 1

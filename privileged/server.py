@@ -137,6 +137,25 @@ class Server:
         vifs = [v for v, index in self.state.vifs[4].items() if index == ifindex]
         return ("solicit", vifs[0], sender, bytes(data[16:20])) if vifs else None
 
+    def install_fast(self, family: int, vif: int, source: bytes, group: bytes) -> int | None:
+        """The (*,G) fast path (policy/fastpath.py): install a new flow the
+        controller's templates cover, under add_mfc's rules. Returns the
+        template's index, or None: the controller decides (and learns why).
+        The flow's first packets wait for this: nothing else comes first."""
+        fast = self.state.fast
+        index = fast.match(family, vif, source, group)
+        if index is None or policy.source_problem(family, source):
+            return None
+        oifs = fast.templates[index].oifs
+        try:
+            policy.check_mfc(self.state, family, source, group, vif, oifs)
+            self.mroute.add_mfc(family, source, group, vif, oifs)
+        except (policy.Refusal, OSError):
+            return None
+        self.state.apply(AddMfc(0, family, source, group, vif, oifs))
+        fast.take(index)
+        return index
+
     def forward_upcalls(self, family: int) -> None:
         """Read every pending upcall (bounded) and pass them on in batches."""
         sock = self.mroute.sock4 if family == 4 else self.mroute.sock6
@@ -156,7 +175,12 @@ class Server:
                 if parsed is None:
                     continue
             kind, vif, source, group = parsed
-            batch.append(Upcall(family, kind, vif, source, group))
+            if kind == "nocache" and (index := self.install_fast(family, vif, source, group)) \
+                    is not None:
+                batch.append(Upcall(family, "learned", vif, source, group,
+                                    self.state.fast.generation, index))
+            else:
+                batch.append(Upcall(family, kind, vif, source, group))
             if len(batch) >= UPCALLS_PER_DATAGRAM:
                 self.send(upcalls_message(batch))
                 batch = []

@@ -19,15 +19,26 @@ class TokenBucket:
     tokens: float = -1.0
     stamp: float = 0.0
 
-    def take(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         if self.tokens < 0:  # first use: full
             self.tokens, self.stamp = self.capacity, now
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self._refill(now)
         if self.tokens >= 1:
             self.tokens -= 1
             return True
         return False
+
+    def take_share(self, most: int, now: float) -> int:
+        """Take up to half of the whole tokens there are (the rest stays for
+        others), at most `most`; returns how many were taken."""
+        self._refill(now)
+        got = max(0, min(most, int(self.tokens) // 2))
+        self.tokens -= got
+        return got
 
 
 @dataclass

@@ -5,6 +5,7 @@ the helper. It holds no privilege at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -14,14 +15,25 @@ from collections.abc import Coroutine
 from typing import Any
 
 from smcroute.ipc.control import ControlRequest, reply
-from smcroute.ipc.helper import AddMfc, Mrdisc, Request, SgCount, Upcall
+from smcroute.ipc.helper import (
+    AddMfc,
+    Allow,
+    Mrdisc,
+    Request,
+    SetTemplates,
+    SgCount,
+    Template,
+    Upcall,
+)
 from smcroute.policy.control import Access, Peer
-from smcroute.unprivileged import engine, groups, show
+from smcroute.policy.limits import MAX_TEMPLATES
+from smcroute.unprivileged import engine, groups, learn, show
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
 from smcroute.unprivileged.channel import HelperLost
 from smcroute.unprivileged.channel_async import HelperChannel
 from smcroute.unprivileged.commands import IPC, CommandError, Rules, edit
 from smcroute.unprivileged.ctlserver import ControlServer
+from smcroute.unprivileged.engine import Route
 from smcroute.unprivileged.flows import Decision
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger, batched
@@ -59,6 +71,7 @@ class Controller:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.upcalls: deque[Upcall] = deque(maxlen=UPCALL_QUEUE)
         self.upcall_task: asyncio.Task[None] | None = None
+        self.fast_notices: list[Upcall] = []  # flows the helper installed, to book
         self.script: ActionScript | None = None
         self.mrdisc = MrdiscState(opts.mrdisc_interval, log)
         self.notes: set[str] = set()  # diagnostics of the last plan made for a netlink event
@@ -89,6 +102,8 @@ class Controller:
                 self.log.err(f"{self.opts.script} is not executable.")
         if self.state.target is not None:  # logged already, at start-up
             self.notes = {str(d) for d in self.state.target.diagnostics}
+        async with self.kernel_lock:
+            await self.sync_fast_path()
         self.spawn(self.expiry_loop())
         self.spawn(self.mrdisc_loop())
         self.spawn(LinkWatch(self.interfaces_changed, self.log.err).run())
@@ -175,6 +190,7 @@ class Controller:
                     self.state.directives = loaded.config.directives
                     self.notes = {str(d) for d in target.diagnostics}
                     await self.mrdisc_update()
+                    await self.sync_fast_path()
             except HelperLost:
                 return False, ["the mrouter helper is gone"]
         if target is not None and self.script:
@@ -223,6 +239,7 @@ class Controller:
                 return
             self.state.adopt(target, asyncio.get_running_loop().time())
             await self.mrdisc_update()
+            await self.sync_fast_path()
 
     # -- kernel -------------------------------------------------------------
 
@@ -232,6 +249,8 @@ class Controller:
         todo = self.state.requests(changes, self.channel.next_id)
         if not todo:
             return {}
+        if (changes.add_vifs or changes.del_vifs) and self.state.flows.fast.wire:
+            await self.set_fast([], ())  # no fast install with a VIF slot in flux
         replies = await self.channel.call([req for req, _ in todo])
         return self.state.record_all(todo, replies, cause)
 
@@ -275,7 +294,17 @@ class Controller:
 
     def on_upcalls(self, upcalls: list[Upcall]) -> None:
         """Kernel upcalls: installed right here when nothing else is going on
-        (the kernel holds the flow's first packets until then), else queued."""
+        (the kernel holds the flow's first packets until then), else queued.
+        Flows the helper's fast path installed are booked likewise."""
+        if any(u.kind == "learned" for u in upcalls):
+            self.fast_notices += [u for u in upcalls if u.kind == "learned"]
+            upcalls = [u for u in upcalls if u.kind != "learned"]
+            if not self.kernel_lock.locked():
+                self.book_fast()
+            elif self.upcall_task is None or self.upcall_task.done():
+                self.upcall_task = self.spawn(self.handle_upcalls())
+            if not upcalls:
+                return
         if not self.upcalls and not self.kernel_lock.locked() and self.channel.can_send_now() \
                 and all(u.kind != "solicit" for u in upcalls):
             now = asyncio.get_running_loop().time()
@@ -317,11 +346,15 @@ class Controller:
                 self.log.notice(f"Moved {sg(d.mfc.key)} inbound to {d.flow.iif} after {word}")
             if self.script:
                 self.script.run("install", addr(d.mfc.key.source), addr(d.mfc.key.group))
+        self.top_up_fast()
 
     async def handle_upcalls(self) -> None:
         """Install a learned route or a stop filter per new flow, in batches."""
         loop = asyncio.get_running_loop()
-        while self.upcalls:
+        while self.upcalls or self.fast_notices:
+            if self.fast_notices:
+                async with self.kernel_lock:
+                    self.book_fast()
             batch = [self.upcalls.popleft()
                      for _ in range(min(UPCALL_BATCH, len(self.upcalls)))]
             solicits = [u for u in batch if u.kind == "solicit"]
@@ -339,6 +372,72 @@ class Controller:
                 except HelperLost:
                     return
                 self.upcalls_done(decisions, reqs, replies, now)
+
+    # -- the helper's (*,G) fast path (policy/fastpath.py) ---------------------
+
+    async def sync_fast_path(self) -> None:
+        """After a plan is adopted (kernel_lock held): the helper gets the
+        templates, if they changed, and room to install flows with them."""
+        flows = self.state.flows
+        routes, wire = learn.fast_templates(flows.templates.routes, flows.vifs_by_name,
+                                            MAX_TEMPLATES)
+        if wire != flows.fast.wire:
+            await self.set_fast(routes, wire)
+
+    async def set_fast(self, routes: list[Route], wire: tuple[Template, ...]) -> None:
+        flows = self.state.flows
+        generation = flows.fast.generation + 1
+        try:
+            await self.channel.call([SetTemplates(self.channel.next_id(), generation, wire)])
+        except HelperLost:
+            return
+        flows.fast_reset(generation, routes, wire)
+        self.top_up_fast()
+
+    def top_up_fast(self) -> None:
+        books = self.state.flows.fast
+        limits = self.state.flows.top_up(asyncio.get_running_loop().time())
+        if limits is not None:
+            self.spawn(self.send_quietly([Allow(self.channel.next_id(), books.generation,
+                                                limits)]))
+
+    async def send_quietly(self, reqs: list[Request]) -> None:
+        """Requests whose answer changes nothing here (a lost helper is
+        handled by on_helper_lost)."""
+        with contextlib.suppress(HelperLost):
+            await self.channel.call(reqs)
+
+    def book_fast(self) -> None:
+        """Book the flows the fast path installed (kernel_lock free or ours)."""
+        notices, self.fast_notices = self.fast_notices, []
+        flows = self.state.flows
+        now = asyncio.get_running_loop().time()
+        stale: list[Mfc] = []
+        for u in notices:
+            iif = self.state.vif_name(u.family, u.vif)
+            d = flows.fast_learned(u, iif)
+            if d is None:  # installed for templates since replaced
+                key = MfcKey(u.family, u.source, u.group)
+                if key not in self.mfc:
+                    stale.append(Mfc(key, u.vif, (), iif or f"VIF {u.vif}", (), None))
+                continue
+            m = d.mfc
+            req = AddMfc(0, m.key.family, m.key.source, m.key.group, m.iif, m.oifs)
+            self.state.record(req, m, {"ok": True}, "upcall (helper fast path)")
+            flows.installed(d, now)
+            if self.script:
+                self.script.run("install", addr(m.key.source), addr(m.key.group))
+        if stale:
+            self.spawn(self.remove_stale(stale))
+        self.top_up_fast()
+
+    async def remove_stale(self, entries: list[Mfc]) -> None:
+        """Remove what the fast path installed by templates since replaced:
+        the flow's next packet asks again, and the rules of now decide."""
+        async with self.kernel_lock:
+            gone = tuple(m for m in entries if m.key not in self.mfc)
+            with contextlib.suppress(HelperLost):
+                await self.apply(engine.Changes(del_mfc=gone), "fast path, rules since changed")
 
     def expiry_period(self) -> float:
         """Sample often enough that an idle flow goes within ~10% of -c."""
@@ -463,6 +562,7 @@ class Controller:
             join_errors = self.state.adopt(target, asyncio.get_running_loop().time())
             self.state.directives = directives
             await self.mrdisc_update()
+            await self.sync_fast_path()
         out = []
         with batched():
             for req, result in zip(reqs, results, strict=True):

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from smcroute.ipc.helper import Upcall
+from smcroute.ipc.helper import Template, Upcall
 from smcroute.unprivileged import learn
 from smcroute.unprivileged.budget import Throttle, TokenBucket
-from smcroute.unprivileged.engine import Plan
+from smcroute.unprivileged.engine import Plan, Route
 from smcroute.unprivileged.learn import Flow, Templates
 from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Vif, addr
 
@@ -39,6 +39,27 @@ class Activity:
     created: float
     changed: float
     count: int | None = None  # valid packets (packets - wrong_if) at the last sample
+
+
+FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
+
+
+@dataclass
+class FastBooks:
+    """What the helper's fast path holds (policy/fastpath.py): templates of
+    one generation and, per template, the flows it may install (cumulative
+    limits) and has installed as far as we heard. limits - used is held in
+    reserve: it counts against the budgets like an installed flow."""
+
+    generation: int
+    routes: list[Route]
+    wire: tuple[Template, ...]
+    used: list[int] = field(default_factory=list)
+    limits: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.used = [0] * len(self.routes)
+        self.limits = [0] * len(self.routes)
 
 
 @dataclass
@@ -70,9 +91,14 @@ class FlowTable:
     total: int = 0  # learned routes
     stops: int = 0  # stop filters
     inflight: dict[MfcKey, Decision] = field(default_factory=dict)
+    # the helper's fast path (fast_reset)
+    fast: FastBooks = field(init=False)
+    reserved: Counter[Mroute] = field(init=False)  # reserves per rule
+    reserved_total: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.limits.upcall_rate, self.limits.upcall_rate)
+        self.fast_reset(0, [], ())
 
     def _count(self, rule: Mroute | None, step: int) -> None:
         if rule is None:
@@ -139,8 +165,10 @@ class FlowTable:
                 continue
             route = self.templates.match(key.family, iif, key.source, key.group)
             budget = False
-            if route is not None and (self.total >= self.limits.max_learned
-                                      or self.learned[route.rule] >= self.limits.max_per_rule):
+            if route is not None and (
+                    self.total + self.reserved_total >= self.limits.max_learned
+                    or self.learned[route.rule] + self.reserved[route.rule]
+                    >= self.limits.max_per_rule):
                 self._quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
                                        " new flows get expiring stop filters", now)
                 route, budget = None, True
@@ -159,6 +187,58 @@ class FlowTable:
             self.inflight[key] = d
             out.append(d)
         return out
+
+    # -- the helper's fast path --------------------------------------------
+
+    def fast_reset(self, generation: int, routes: list[Route],
+                   wire: tuple[Template, ...]) -> None:
+        """The helper was sent these templates: no reserve until top_up()."""
+        self.fast = FastBooks(generation, routes, wire)
+        self.reserved = Counter()
+        self.reserved_total = 0
+
+    def top_up(self, now: float) -> tuple[int, ...] | None:
+        """Raise the fast path's limits where a template's reserve runs low:
+        paid for with upcall tokens (at most half of those there are), and
+        only while the budgets have ample room (near a cap every flow is
+        decided here, exactly). New cumulative limits, or None."""
+        books, limits = self.fast, self.limits
+        changed = False
+        for i, route in enumerate(books.routes):
+            reserve = books.limits[i] - books.used[i]
+            if reserve > FAST_CHUNK // 2:
+                continue
+            rule_room = limits.max_per_rule - self.learned[route.rule] - self.reserved[route.rule]
+            total_room = limits.max_learned - self.total - self.reserved_total
+            if rule_room < 2 * FAST_CHUNK or total_room < FAST_CHUNK * (len(books.routes) + 1):
+                continue
+            grant = self.bucket.take_share(FAST_CHUNK - reserve, now)
+            if grant <= 0:
+                break
+            books.limits[i] += grant
+            self.reserved[route.rule] += grant
+            self.reserved_total += grant
+            changed = True
+        return tuple(books.limits) if changed else None
+
+    def fast_learned(self, u: Upcall, iif: str | None) -> Decision | None:
+        """A flow the helper installed itself: book it (installed() next).
+        None if it was installed for templates since replaced: the caller
+        removes it, and the flow's next packet asks again."""
+        books = self.fast
+        if u.generation != books.generation or not 0 <= u.index < len(books.routes):
+            return None
+        route = books.routes[u.index]
+        if iif != route.iif or books.used[u.index] >= books.limits[u.index]:
+            return None
+        books.used[u.index] += 1
+        self.reserved[route.rule] -= 1
+        self.reserved_total -= 1
+        flow = Flow(MfcKey(u.family, u.source, u.group), iif, stop=False, rule=route.rule)
+        d = Decision(flow, learn.entry(flow, route, self.vifs_by_name))
+        self._count(route.rule, 1)
+        self.inflight[flow.key] = d
+        return d
 
     def _wrongvif(self, key: MfcKey, iif: str, installed: Mapping[MfcKey, Mfc]
                   ) -> Decision | None:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from smcroute.ipc.helper import Template
 from smcroute.unprivileged.engine import Plan, Route
 from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Prefix, Vif
 
@@ -39,6 +40,7 @@ class Templates:
     """Template routes in config order, compiled for a fast first match."""
 
     def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
         self._compiled = [(r, r.rule.family, r.iif, *_net(r.rule.group), *_net(r.rule.source))
                           for r in routes]
 
@@ -50,6 +52,32 @@ class Templates:
             if fam == family and rif == iif and g & gmask == gnet and s & smask == snet:
                 return route
         return None
+
+
+def _wire_net(prefix: Prefix | None, family: int) -> tuple[bytes, int]:
+    size = 4 if family == 4 else 16
+    net, _ = _net(prefix)
+    return net.to_bytes(size, "big"), prefix.length if prefix else 0
+
+
+def fast_templates(routes: list[Route], vifs: Mapping[tuple[int, str], Vif],
+                   most: int) -> tuple[list[Route], tuple[Template, ...]]:
+    """The templates for the helper's fast path, in order: the first `most`
+    (or up to the first whose interfaces have no VIF): a prefix of the list
+    keeps first-match order, as the controller decides what it leaves out."""
+    kept: list[Route] = []
+    wire: list[Template] = []
+    for route in routes[:most]:
+        family = route.rule.family
+        try:
+            iif = vifs[(family, route.iif)].vif
+            oifs = tuple(sorted((vifs[(family, n)].vif, ttl) for n, ttl in route.oifs.items()))
+        except KeyError:
+            break
+        kept.append(route)
+        wire.append(Template(family, iif, *_wire_net(route.rule.source, family),
+                             *_wire_net(route.rule.group, family), oifs))
+    return kept, tuple(wire)
 
 
 def entry(flow: Flow, route: Route | None, vifs: Mapping[tuple[int, str], Vif]) -> Mfc:

@@ -24,7 +24,7 @@ GRP6 = ipaddress.IPv6Address("ff05::42").packed
 
 def mfc(family: int, source: bytes, group: bytes, iif: int,
         oifs: tuple[tuple[int, int], ...]) -> bytes:
-    return Mroute._mfc(None, family, source, group, iif, oifs)  # type: ignore[arg-type]
+    return Mroute._mfc(family, source, group, iif, oifs)
 
 
 def test_mfc_does_not_need_an_instance() -> None:

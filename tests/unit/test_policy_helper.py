@@ -54,11 +54,15 @@ def valid(op: str, family: int = 4) -> dict[str, Any]:
         "del_mfc": {"op": "del_mfc", "id": 6, "family": family, "source": src, "group": grp},
         "sg_count": {"op": "sg_count", "id": 7, "family": family, "source": src, "group": grp},
         "mrdisc": {"op": "mrdisc", "id": 8, "vif": 0, "interval": 20, "terminate": False},
+        "templates": {"op": "templates", "id": 9, "generation": 3, "templates": [
+            [family, 0, bytes(len(src)), 0, grp, 8 * len(grp), [[2, 3], [1, 1]]],
+            [family, 1, src, 8 * len(src), grp[:2] + bytes(len(grp) - 2), 16, []]]},
+        "allow": {"op": "allow", "id": 10, "generation": 3, "limits": [64, 0]},
     }[op])
 
 
 ALL_OPS = ("hello", "modules", "add_vif", "del_vif", "add_mfc", "del_mfc", "sg_count",
-           "mrdisc")
+           "mrdisc", "templates", "allow")
 FAMILY_OPS = ("add_vif", "del_vif", "add_mfc", "del_mfc", "sg_count")
 ADDR_OPS = ("add_mfc", "del_mfc", "sg_count")
 # The key sets, written out independently of smcroute.ipc.helper.FIELDS.
@@ -71,6 +75,8 @@ KEYS = {
     "del_mfc": {"op", "id", "family", "source", "group"},
     "sg_count": {"op", "id", "family", "source", "group"},
     "mrdisc": {"op", "id", "vif", "interval", "terminate"},
+    "templates": {"op", "id", "generation", "templates"},
+    "allow": {"op", "id", "generation", "limits"},
 }
 
 
@@ -568,6 +574,20 @@ def independent_invariants(msg: Any, req: Any) -> None:
         assert type(msg["interval"]) is int and 4 <= msg["interval"] <= 180
         assert type(msg["terminate"]) is bool and req.terminate == msg["terminate"]
         return
+    if op in ("templates", "allow"):
+        assert type(msg["generation"]) is int and 0 <= msg["generation"] <= MAX_ID
+        assert req.generation == msg["generation"]
+    if op == "allow":
+        limits_ = msg["limits"]
+        assert type(limits_) is list and len(limits_) <= 64
+        assert all(type(n) is int and 0 <= n < 2**31 for n in limits_)
+        assert req.limits == tuple(limits_)
+        return
+    if op == "templates":
+        assert type(msg["templates"]) is list and len(msg["templates"]) <= 64
+        for item, t in zip(msg["templates"], req.templates, strict=True):
+            template_invariants(item, t)
+        return
     family = msg["family"]
     assert type(family) is int and family in (4, 6) and req.family == family
     if op in ("add_vif", "del_vif"):
@@ -600,6 +620,30 @@ def independent_invariants(msg: Any, req: Any) -> None:
         assert req.oifs == tuple(sorted((v, t) for v, t in oifs))
 
 
+def template_invariants(item: Any, t: Any) -> None:
+    assert type(item) is list and len(item) == 7
+    family, iif, source, source_len, group, group_len, oifs = item
+    assert type(family) is int and family in (4, 6) and t.family == family
+    assert type(iif) is int and 0 <= iif <= 31 and t.iif == iif
+    size = 4 if family == 4 else 16
+    for addr_, length in ((source, source_len), (group, group_len)):
+        assert type(addr_) is bytes and len(addr_) == size
+        assert type(length) is int and 0 <= length <= 8 * size
+        net = ipaddress.ip_network((addr_, length))  # raises if host bits are set
+        assert net.prefixlen == length
+    if source_len:
+        assert not ipaddress.ip_address(source).is_multicast and source != b"\xff" * 4
+    assert ipaddress.ip_network((group, group_len)).subnet_of(
+        ipaddress.ip_network("224.0.0.0/4" if family == 4 else "ff00::/8"))
+    assert type(oifs) is list and len(oifs) <= 32
+    vifs = [pair[0] for pair in oifs]
+    assert all(type(v) is int and 0 <= v <= 31 and v != iif for v in vifs)
+    assert len(set(vifs)) == len(vifs)
+    assert all(type(p[1]) is int and 1 <= p[1] <= 255 for p in oifs)
+    assert (t.source, t.source_len, t.group, t.group_len) == (source, source_len, group, group_len)
+    assert t.oifs == tuple(sorted((v, ttl) for v, ttl in oifs))
+
+
 def not_multicast(size: int) -> st.SearchStrategy[bytes]:
     def ok(b: bytes) -> bool:
         return not ipaddress.ip_address(b).is_multicast and b != b"\xff" * 4
@@ -613,6 +657,28 @@ def multicast(size: int) -> st.SearchStrategy[bytes]:
     return st.binary(min_size=15, max_size=15).map(lambda b: b"\xff" + b)
 
 
+def network(address: bytes, length: int) -> bytes:
+    bits = 8 * len(address)
+    value = int.from_bytes(address, "big") & (((1 << length) - 1) << (bits - length))
+    return value.to_bytes(len(address), "big")
+
+
+@st.composite
+def templates(draw: st.DrawFn) -> list[Any]:
+    family = draw(st.sampled_from([4, 6]))
+    size = 4 if family == 4 else 16
+    glen = draw(st.integers(4 if family == 4 else 8, 8 * size))
+    slen = draw(st.integers(0, 8 * size))
+    source = network(draw(not_multicast(size)), slen) if slen else bytes(size)
+    if slen and (ipaddress.ip_address(source).is_multicast or source == b"\xff" * 4):
+        slen, source = 0, bytes(size)
+    iif = draw(st.integers(0, 31))
+    vifs = draw(st.lists(st.integers(0, 31).filter(lambda v: v != iif), unique=True,
+                         max_size=31))
+    return [family, iif, source, slen, network(draw(multicast(size)), glen), glen,
+            [[v, draw(st.integers(1, 255))] for v in vifs]]
+
+
 @st.composite
 def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     op = draw(st.sampled_from(ALL_OPS))
@@ -622,6 +688,14 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     if op == "mrdisc":
         msg.update(vif=draw(st.integers(0, 31)), interval=draw(st.integers(4, 180)),
                    terminate=draw(st.booleans()))
+        return msg
+    if op == "allow":
+        msg.update(generation=draw(st.integers(0, MAX_ID)),
+                   limits=draw(st.lists(st.integers(0, 2**31 - 1), max_size=64)))
+        return msg
+    if op == "templates":
+        msg.update(generation=draw(st.integers(0, MAX_ID)),
+                   templates=draw(st.lists(templates(), max_size=5)))
         return msg
     family = draw(st.sampled_from([4, 6]))
     msg["family"] = family
@@ -675,6 +749,9 @@ def mutated_requests(draw: st.DrawFn) -> Any:
             draw(any_value))
     elif action == "op":
         msg["op"] = draw(st.sampled_from(ALL_OPS) | st.text(max_size=10))
+    elif action == "oif" and msg["op"] == "templates" and msg["templates"]:
+        item = draw(st.sampled_from(msg["templates"]))
+        item[draw(st.integers(0, 6))] = draw(any_value)
     elif action == "oif" and msg["op"] == "add_mfc":
         oifs = msg["oifs"]
         if oifs:
