@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,13 +16,17 @@ from smcroute.ipc.helper import AddVif, Allow, SetTemplates, Template, Upcall, t
 from smcroute.policy import helper as policy
 from smcroute.policy.fastpath import FastPath
 from smcroute.privileged.server import Server
+from smcroute.unprivileged import state as state_module
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.engine import plan
 from smcroute.unprivileged.flows import FAST_CHUNK, FlowTable, Limits
 from smcroute.unprivileged.learn import Templates, fast_templates
 from smcroute.unprivileged.model import Interface
+from smcroute.unprivileged.options import Options
 
 from .fakes import FakeKernel, FakeLog
+from .test_controller_bookkeeping import HelperChannel as RealHelper
+from .test_controller_bookkeeping import controller
 
 S4 = bytes([10, 0, 0, 1])
 NET = bytes([225, 1, 0, 0])  # 225.1.0.0/16
@@ -225,3 +231,58 @@ def test_no_reserve_near_a_cap_or_without_tokens(limits: Limits) -> None:
     flows, routes, wire = table(limits)
     flows.fast_reset(1, routes, wire)
     assert flows.top_up(0.0) is None  # every flow is decided by the controller, exactly
+
+
+# -- the controller: templates pushed, flows booked, stale ones removed --------------------------
+
+RELOADED = CONFIG + "mroute from a group 225.9.0.0/16 to b\n"  # one more template
+
+
+def test_controller_keeps_the_helper_fast_path_in_step(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "read_interfaces", lambda: IFACES)
+    conf = tmp_path / "smcroute.conf"
+    kernel = FakeKernel()
+    inner = RealHelper(kernel)
+    c = controller(inner)
+    c.opts = Options(conf=str(conf))
+    helper = inner.server.state
+    g1, g2 = b4("225.1.0.1"), b4("225.1.0.2")
+
+    def fast_install(group: bytes) -> Upcall:
+        """What the helper's fast path does for a NOCACHE upcall on VIF 0."""
+        index = helper.fast.match(4, 0, S4, group)
+        assert index is not None
+        kernel.add_mfc(4, S4, group, 0, helper.fast.templates[index].oifs)
+        helper.fast.take(index)
+        return Upcall(4, "learned", 0, S4, group, helper.fast.generation, index)
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        conf.write_text(CONFIG)
+        await c.reload()
+        await settle()
+        assert helper.fast.templates == c.state.flows.fast.wire != ()
+        assert helper.fast.limits == [FAST_CHUNK, FAST_CHUNK]  # room, paid with tokens
+        # a flow the helper installed is booked like one we installed
+        c.on_upcalls([fast_install(g1)])
+        key = next(k for k in c.mfc if k.group == g1)
+        assert c.mfc[key].oif_names == ("b",) and key in c.state.flows.flows
+        # the templates change: a new generation; the old one's flows are removed
+        late = fast_install(g2)
+        conf.write_text(RELOADED)
+        await c.reload()
+        await settle()
+        assert helper.fast.generation == c.state.flows.fast.generation > late.generation
+        c.on_upcalls([late])
+        await settle()
+        assert (4, S4, g2) not in kernel.mfc
+        assert all(k.group != g2 for k in c.mfc)
+        # the flow booked before the change stays, re-planned like any learned route
+        assert c.mfc[key].oif_names == ("b",) and key in c.state.flows.flows
+
+    asyncio.run(scenario())
+    assert inner.refused == []
