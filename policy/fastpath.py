@@ -35,15 +35,19 @@ class FastPath:
     templates: tuple[Template, ...] = ()
     used: list[int] = field(default_factory=list)  # flows installed, per template
     limits: list[int] = field(default_factory=list)
-    # (family, iif, source net, source mask, group net, group mask) per template
-    _compiled: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    # (family, inbound VIF) -> [(index, source net, source mask, group net,
+    # group mask)] in template order: an upcall looks at its own VIF's only
+    _by_vif: dict[tuple[int, int], list[tuple[int, int, int, int, int]]] = field(
+        default_factory=dict)
 
     def load(self, req: SetTemplates) -> None:
         """New templates: nothing may be installed until allow() says so."""
         self.generation = req.generation
         self.templates = req.templates
-        self._compiled = [(t.family, t.iif, *_net(t.source, t.source_len),
-                           *_net(t.group, t.group_len)) for t in req.templates]
+        self._by_vif = {}
+        for i, t in enumerate(req.templates):
+            self._by_vif.setdefault((t.family, t.iif), []).append(
+                (i, *_net(t.source, t.source_len), *_net(t.group, t.group_len)))
         self.used = [0] * len(req.templates)
         self.limits = [0] * len(req.templates)
 
@@ -57,10 +61,13 @@ class FastPath:
     def match(self, family: int, vif: int, source: bytes, group: bytes) -> int | None:
         """The index of the first template covering (S,G) on vif, if it has
         room left; None: the controller decides."""
+        candidates = self._by_vif.get((family, vif))
+        if not candidates:
+            return None
         s = int.from_bytes(source, "big")
         g = int.from_bytes(group, "big")
-        for i, (fam, iif, snet, smask, gnet, gmask) in enumerate(self._compiled):
-            if fam == family and iif == vif and g & gmask == gnet and s & smask == snet:
+        for i, snet, smask, gnet, gmask in candidates:
+            if g & gmask == gnet and s & smask == snet:
                 return i if self.used[i] < self.limits[i] else None
         return None
 

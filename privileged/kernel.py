@@ -29,6 +29,8 @@ SIOCGETSGCNT = 0x89E0 + 1  # SIOCPROTOPRIVATE + 1, same value for IPv4 and IPv6
 VIFF_USE_IFINDEX = 0x8
 MAXVIFS = 32
 IP_PKTINFO = 8
+IP_MULTICAST_ALL = 49
+IPV6_MULTICAST_ALL = 29
 IGMP_PROTO = 2
 MRDISC_ADVERT, MRDISC_SOLICIT, MRDISC_TERMINATE = 0x30, 0x31, 0x32
 MRDISC_GROUP = bytes([224, 0, 0, 106])  # all-snoopers
@@ -114,11 +116,7 @@ class Mroute:
                                 MRT_INIT, table, rcvbuf)
         # WRONGVIF upcalls are only sent with MRT_PIM set.
         self.sock4.setsockopt(IPPROTO_IP, MRT_PIM, 1)
-        # mrdisc: solicitations tell their interface; advertisements are
-        # link-local (TTL 1) and carry Router Alert.
-        self.sock4.setsockopt(IPPROTO_IP, IP_PKTINFO, 1)
-        self.sock4.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        self.sock4.setsockopt(IPPROTO_IP, socket.IP_OPTIONS, ROUTER_ALERT)
+        self.mrdisc4 = self._open_mrdisc()
         self.sock6 = self._open(socket.AF_INET6, IPPROTO_ICMPV6, IPPROTO_IPV6, MRT6_TABLE,
                                 MRT6_INIT, table, rcvbuf)
         # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic is of no use here.
@@ -133,13 +131,14 @@ class Mroute:
               table: int, rcvbuf: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
         try:
+            # Upcalls only: no copies of the IGMP/MLD traffic of groups
+            # others joined (mrdisc has its own socket).
             if family == socket.AF_INET:
-                # IP_MULTICAST_ALL stays on: mrdisc solicitations (224.0.0.2,
-                # joined by the controller) must reach this socket.
                 sock.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                sock.setsockopt(IPPROTO_IP, IP_MULTICAST_ALL, 0)
             else:
                 sock.setsockopt(IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-                sock.setsockopt(IPPROTO_IPV6, 29, 0)  # IPV6_MULTICAST_ALL
+                sock.setsockopt(IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
             if table:
                 sock.setsockopt(level, opt_table, struct.pack("@I", table))
             sock.setsockopt(level, opt_init, 1)
@@ -151,7 +150,27 @@ class Mroute:
             raise
         return sock
 
+    @staticmethod
+    def _open_mrdisc() -> socket.socket:
+        """A raw IGMP socket for RFC 4286 (not the mroute socket, whose
+        upcalls then need no ancillary data): solicitations tell their
+        interface (IP_MULTICAST_ALL on: the controller joins 224.0.0.2);
+        advertisements are link-local (TTL 1) and carry Router Alert."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.IPPROTO_IGMP)
+        try:
+            sock.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            sock.setsockopt(IPPROTO_IP, IP_PKTINFO, 1)
+            sock.setsockopt(IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            sock.setsockopt(IPPROTO_IP, socket.IP_OPTIONS, ROUTER_ALERT)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def close(self) -> None:
+        self.mrdisc4.close()
         for sock, level, done in ((self.sock4, IPPROTO_IP, MRT_DONE),
                                   (self.sock6, IPPROTO_IPV6, MRT6_DONE)):
             try:
@@ -199,13 +218,13 @@ class Mroute:
 
     def send_mrdisc(self, ifindex: int, kind: int, interval: int) -> None:
         pktinfo = struct.pack("@i4s4s", ifindex, b"\0" * 4, b"\0" * 4)
-        self.sock4.sendmsg([mrdisc_message(kind, interval)],
+        self.mrdisc4.sendmsg([mrdisc_message(kind, interval)],
                            [(IPPROTO_IP, IP_PKTINFO, pktinfo)],
                            0, (socket.inet_ntoa(MRDISC_GROUP), 0))
 
-    def recv4(self) -> tuple[bytes, int]:
-        """(packet, ifindex it came in on; 0 if the kernel did not say)."""
-        data, ancdata, _, _ = self.sock4.recvmsg(2048, socket.CMSG_SPACE(12))
+    def recv_mrdisc(self) -> tuple[bytes, int]:
+        """(IGMP packet, ifindex it came in on; 0 if the kernel did not say)."""
+        data, ancdata, _, _ = self.mrdisc4.recvmsg(2048, socket.CMSG_SPACE(12))
         for level, kind, value in ancdata:
             if level == IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 4:
                 return data, struct.unpack_from("@i", value)[0]

@@ -57,14 +57,16 @@ class Server:
         """Serve until the controller closes its end; return the exit status."""
         poller = select.poll()
         socks = {self.chan.fileno(): None, self.mroute.sock4.fileno(): 4,
-                 self.mroute.sock6.fileno(): 6}
+                 self.mroute.sock6.fileno(): 6, self.mroute.mrdisc4.fileno(): 0}
         for fd in socks:
             poller.register(fd, select.POLLIN)
         while True:
             for fd, events in poller.poll():
                 family = socks[fd]
-                if family is not None:
+                if family:
                     self.forward_upcalls(family)
+                elif family == 0:
+                    self.forward_solicitations()
                 elif events & select.POLLIN:
                     if not self.serve_one():
                         return 0
@@ -129,13 +131,28 @@ class Server:
             return {"packets": packets, "bytes": nbytes, "wrong_if": wrong_if}
         return {}
 
-    def solicitation(self, data: bytes, ifindex: int) -> tuple[str, int, bytes, bytes] | None:
+    def solicitation(self, data: bytes, ifindex: int) -> Upcall | None:
         """An mrdisc solicitation on one of our VIFs, as an upcall."""
         sender = parse_solicit(data)
         if sender is None:
             return None
         vifs = [v for v, index in self.state.vifs[4].items() if index == ifindex]
-        return ("solicit", vifs[0], sender, bytes(data[16:20])) if vifs else None
+        return Upcall(4, "solicit", vifs[0], sender, bytes(data[16:20])) if vifs else None
+
+    def forward_solicitations(self) -> None:
+        """Pass on the mrdisc solicitations among the IGMP packets (bounded)."""
+        batch: list[Upcall] = []
+        for _ in range(UPCALLS_PER_DATAGRAM):
+            try:
+                data, ifindex = self.mroute.recv_mrdisc()
+            except BlockingIOError:
+                break
+            except OSError:
+                continue
+            if (upcall := self.solicitation(data, ifindex)) is not None:
+                batch.append(upcall)
+        if batch:
+            self.send(upcalls_message(batch))
 
     def install_fast(self, family: int, vif: int, source: bytes, group: bytes) -> int | None:
         """The (*,G) fast path (policy/fastpath.py): install a new flow the
@@ -163,17 +180,14 @@ class Server:
         batch: list[Upcall] = []
         for _ in range(UPCALLS_PER_WAKEUP):
             try:
-                data, ifindex = self.mroute.recv4() if family == 4 else (sock.recv(2048), 0)
+                data = sock.recv(2048)
             except BlockingIOError:
                 break
             except OSError:  # e.g. ENOBUFS after an overrun: keep reading
                 continue
             parsed = parse(data)
             if parsed is None:
-                if family == 4:
-                    parsed = self.solicitation(data, ifindex)
-                if parsed is None:
-                    continue
+                continue
             kind, vif, source, group = parsed
             if kind == "nocache" and (index := self.install_fast(family, vif, source, group)) \
                     is not None:

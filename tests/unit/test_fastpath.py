@@ -107,10 +107,10 @@ class UpcallKernel(FakeKernel):
         super().__init__()
         self.queue = list(upcalls)
 
-    def recv4(self) -> tuple[bytes, int]:
+    def recv(self, size: int) -> bytes:
         if not self.queue:
             raise BlockingIOError
-        return self.queue.pop(0), 0
+        return self.queue.pop(0)
 
     @property
     def sock4(self) -> Any:
