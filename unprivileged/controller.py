@@ -381,7 +381,7 @@ class Controller:
         flows = self.state.flows
         routes, wire = learn.fast_templates(flows.templates.routes, flows.vifs_by_name,
                                             MAX_TEMPLATES)
-        if wire != flows.fast.wire:
+        if wire != flows.fast.wire or routes != flows.fast.routes:  # (a rule moved lines)
             await self.set_fast(routes, wire)
 
     async def set_fast(self, routes: list[Route], wire: tuple[Template, ...]) -> None:
