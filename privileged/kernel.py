@@ -49,8 +49,12 @@ IGMPMSG_TYPES = {1: "nocache", 2: "wrongvif", 3: "wholepkt", 4: "wholepkt"}
 MRT6MSG_TYPES = {1: "nocache", 2: "wrongvif", 3: "wholepkt"}
 
 
+_SIN6_HEAD = SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, bytes(16), 0)[:8]  # family, port, flowinfo
+_SIN6_TAIL = bytes(4)  # scope id
+
+
 def _sin6(addr: bytes) -> bytes:
-    return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, addr, 0)
+    return _SIN6_HEAD + addr + _SIN6_TAIL
 
 
 @functools.lru_cache(maxsize=1024)
