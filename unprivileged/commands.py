@@ -31,6 +31,13 @@ class CommandError(ValueError):
     """The request cannot be carried out; the text says why."""
 
 
+def _prefix(text: str, error: str) -> Prefix:
+    try:
+        return parse_prefix(text, "address")
+    except ConfigError as exc:  # the address (SMCRoute's text) or its /LEN
+        raise CommandError(f"mroute: {exc}" if "prefix length" in str(exc) else error) from None
+
+
 def route_from_args(args: tuple[str, ...]) -> Mroute:
     """IIF [SOURCE[/LEN]] GROUP[/LEN] [OIF ...] -> a rule.
 
@@ -40,33 +47,26 @@ def route_from_args(args: tuple[str, ...]) -> Mroute:
     if len(args) < 2:
         raise CommandError("mroute: expected IIF [SOURCE-IP[/LEN]] GROUP[/LEN] [OIF ...]")
     iif, first = args[0], args[1]
-
-    def prefix(text: str, error: str) -> Prefix:
-        try:
-            return parse_prefix(text, "address")
-        except ConfigError as exc:  # the address (SMCRoute's text) or its /LEN
-            raise CommandError(f"mroute: {exc}" if "prefix length" in str(exc)
-                               else error) from None
-
-    head = prefix(first, f"mroute: invalid source/group address: {first}")
-    if is_multicast(head.family, head.address.packed):
+    head = _prefix(first, f"mroute: invalid source/group address: {first}")
+    if is_multicast(head.family, head.packed):
         source, group, group_text, oifs = None, head, first, args[2:]
     else:
         if len(args) < 3:
             raise CommandError(f"mroute: missing multicast group after source {first}")
-        group = prefix(args[2], f"mroute: invalid multicast group: {args[2]}")
-        if not is_multicast(group.family, group.address.packed):
+        group = _prefix(args[2], f"mroute: invalid multicast group: {args[2]}")
+        if not is_multicast(group.family, group.packed):
             raise CommandError(f"mroute: invalid multicast group: {args[2]}")
         source, group_text, oifs = head, args[2], args[3:]
     if len(oifs) > MAX_OIFS:
         raise CommandError(f"mroute: {len(oifs)} outbound interfaces, at most {MAX_OIFS}")
     try:
-        for name in (iif, *oifs):
+        check_ifname(iif)
+        for name in oifs:
             check_ifname(name)
         source, group_prefix = checked(source, group, group_text, "mroute")
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    return Mroute(IPC, iif, source, group_prefix, tuple(oifs))
+    return Mroute(IPC, iif, source, group_prefix, oifs)
 
 
 class Rules:

@@ -187,14 +187,14 @@ def checked(source: Prefix | None, group: Prefix, group_text: str,
             what: str) -> tuple[Prefix | None, Prefix]:
     """The rules for a parsed source and group (ConfigError if broken)."""
     # (byte tests: ipaddress' properties cost a start-up of 2000 lines dearly)
-    if not is_multicast(group.family, group.address.packed):
+    if not is_multicast(group.family, group.packed):
         raise ConfigError(f"{what}: Invalid multicast group: {group_text}")
     if source is None:
         return None, group
     if source.family != group.family:
         raise ConfigError(f"{what}: source {source} and group {group} are of different"
                           " address families")
-    packed = source.address.packed
+    packed = source.packed
     if not any(packed):
         return None, group  # source 0.0.0.0 / :: is the same as no source
     if is_multicast(source.family, packed) or packed == b"\xff\xff\xff\xff":

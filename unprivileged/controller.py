@@ -579,7 +579,7 @@ class Controller:
     def kernel_refusal(rule: Mroute, failed: dict[MfcKey, str]) -> str:
         if not failed or rule.source is None or not rule.is_ssm:
             return ""
-        key = MfcKey(rule.family, rule.source.address.packed, rule.group.address.packed)
+        key = MfcKey(rule.family, rule.source.packed, rule.group.packed)
         if key in failed:
             return f"failed adding multicast route ({rule.source}, {rule.group}): {failed[key]}"
         return ""
@@ -603,7 +603,7 @@ class Controller:
         counters = None
         if req.detail:
             counters = await self.counters([*self.mfc, *(
-                MfcKey(r.rule.family, r.rule.source.address.packed, r.rule.group.address.packed)
+                MfcKey(r.rule.family, r.rule.source.packed, r.rule.group.packed)
                 for r in view.ssm if r.rule.source is not None)])
         return show.routes(view, read_interfaces(), req.detail, counters)
 

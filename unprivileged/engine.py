@@ -248,7 +248,7 @@ def _add_route(out: Plan, route: Route) -> None:
     rule = route.rule
     family = rule.family
     assert rule.source is not None  # only (S,G) reach the kernel from the config
-    key = MfcKey(family, rule.source.address.packed, rule.group.address.packed)
+    key = MfcKey(family, rule.source.packed, rule.group.packed)
     iif = out.vifs[(family, route.iif)].vif
     oifs = {out.vifs[(family, n)].vif: ttl for n, ttl in route.oifs.items()}
     names = dict(route.oifs)

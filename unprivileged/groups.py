@@ -32,7 +32,7 @@ class Membership:
 def addresses(prefix: Prefix) -> list[bytes]:
     """Every address of the range, from the network address up."""
     if prefix.is_host:
-        return [prefix.address.packed]
+        return [prefix.packed]
     net = ipaddress.ip_network(f"{prefix.address}/{prefix.length}", strict=False)
     return [a.packed for a in (net.network_address + i for i in range(net.num_addresses))]
 

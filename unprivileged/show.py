@@ -79,7 +79,7 @@ def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
         out += ["(S,G) Rules_", heading]
         for r in view.ssm:
             assert r.rule.source is not None
-            key = MfcKey(r.rule.family, r.rule.source.address.packed, r.rule.group.address.packed)
+            key = MfcKey(r.rule.family, r.rule.source.packed, r.rule.group.packed)
             out.append(row(_sg_text(str(r.rule.source), str(r.rule.group)), r.iif,
                            _route_oifs(r), key))
     if view.kernel:
