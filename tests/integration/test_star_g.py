@@ -255,6 +255,31 @@ def test_no_matching_rule_installs_stop_filter(topo, smcrouted, family):
     } | {mfc_entry(src, FIRST[family], "r-s", ["r-a"])}
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_helper_fast_path_installs_and_the_controller_books_it(topo, smcrouted, family):
+    """A flow a rule covers is installed by the helper itself (the fast
+    path) and booked by the controller like its own (audit event, learned
+    route, expiry); what no rule covers still goes to the controller."""
+    daemon = smcrouted(TEMPLATES)
+    src = SRC[family]
+    got = learn_flow(topo, family, FIRST[family], ["A"])
+    assert got == {"A": N, "B": 0, "C": 0}
+    what = f"what=({canon(src)}, {canon(FIRST[family])}) from r-s"
+
+    def audited(cause):
+        return any(what in line and f"cause={cause} result=ok" in line
+                   for line in daemon.log().splitlines())
+
+    assert wait_for(lambda: audited("upcall (helper fast path)"), 5.0), daemon.log()[-3000:]
+    with ExitStack() as stack:
+        nothing_arrives(topo, family, NOMATCH[family], sender_for(stack, topo, family))
+    want = mfc_entry(src, NOMATCH[family], "r-s", [])
+    assert wait_entry(topo, family, src, NOMATCH[family], want) == want
+    stop = f"what=({canon(src)}, {canon(NOMATCH[family])}) from r-s cause=upcall result=ok"
+    assert wait_for(lambda: stop in daemon.log(), 5.0)
+    assert daemon.proc.poll() is None
+
+
 # --------------------------------------------------------------------------
 # reload
 
