@@ -222,14 +222,22 @@ def test_vanished_interface_through_the_controller() -> None:
 # -- reload through the controller: the file, the plan, the helper, the record ------------------
 
 
-def test_reload_applies_the_file_or_changes_nothing(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_module, "read_interfaces", lambda: IFS)
+def reloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ifs: dict[str, Interface]
+              ) -> tuple[Controller, HelperChannel, FakeKernel, Path]:
+    """A controller whose reload reads tmp_path/smcroute.conf, sees ifs and
+    talks to the helper's real request handling over a fake kernel."""
+    monkeypatch.setattr(state_module, "read_interfaces", lambda: ifs)
     path = tmp_path / "smcroute.conf"
     kernel = FakeKernel()
     inner = HelperChannel(kernel)
     c = controller(inner)
     c.opts = Options(conf=str(path))
+    return c, inner, kernel, path
+
+
+def test_reload_applies_the_file_or_changes_nothing(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    c, inner, kernel, path = reloading(tmp_path, monkeypatch, IFS)
     log: FakeLog = c.log  # type: ignore[assignment]
 
     def kernel_routes() -> dict[tuple[int, bytes, bytes], Any]:

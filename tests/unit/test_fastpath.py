@@ -16,17 +16,14 @@ from smcroute.ipc.helper import AddVif, Allow, SetTemplates, Template, Upcall, t
 from smcroute.policy import helper as policy
 from smcroute.policy.fastpath import FastPath
 from smcroute.privileged.server import Server
-from smcroute.unprivileged import state as state_module
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.engine import plan
 from smcroute.unprivileged.flows import FAST_CHUNK, FlowTable, Limits
 from smcroute.unprivileged.learn import Templates, fast_templates
 from smcroute.unprivileged.model import Interface
-from smcroute.unprivileged.options import Options
 
 from .fakes import FakeKernel, FakeLog
-from .test_controller_bookkeeping import HelperChannel as RealHelper
-from .test_controller_bookkeeping import controller
+from .test_controller_bookkeeping import reloading
 
 S4 = bytes([10, 0, 0, 1])
 NET = bytes([225, 1, 0, 0])  # 225.1.0.0/16
@@ -240,12 +237,7 @@ RELOADED = CONFIG + "mroute from a group 225.9.0.0/16 to b\n"  # one more templa
 
 def test_controller_keeps_the_helper_fast_path_in_step(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_module, "read_interfaces", lambda: IFACES)
-    conf = tmp_path / "smcroute.conf"
-    kernel = FakeKernel()
-    inner = RealHelper(kernel)
-    c = controller(inner)
-    c.opts = Options(conf=str(conf))
+    c, inner, kernel, conf = reloading(tmp_path, monkeypatch, IFACES)
     helper = inner.server.state
     g1, g2 = b4("225.1.0.1"), b4("225.1.0.2")
 
