@@ -5,8 +5,8 @@ hop to the controller and back adds to that wait. So the controller, which
 alone decides what the rules are, hands the helper its (*,G) templates in
 config order and a limit per template; for a NOCACHE upcall the first
 template covering it decides. If that template still has room, the helper
-installs the route at once (the same policy.check as any add_mfc: VIFs it
-added, the MFC cap) and reports it as a "learned" upcall; otherwise the
+installs the route at once (add_mfc's own state checks, policy.check_mfc:
+VIFs it added, the MFC cap) and reports it as a "learned" upcall; otherwise the
 upcall goes to the controller as before, which also decides everything the
 templates do not cover (stop filters, budgets, WRONGVIF).
 
