@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from smcroute.ipc import codec
 from smcroute.ipc.helper import AddVif, Allow, SetTemplates, Template, Upcall, to_wire
 from smcroute.policy import helper as policy
@@ -278,3 +280,55 @@ def test_controller_keeps_the_helper_fast_path_in_step(tmp_path: Path,
 
     asyncio.run(scenario())
     assert inner.refused == []
+
+
+# -- budgets hold, whoever installs ----------------------------------------------------------------
+
+ops = st.lists(st.tuples(st.sampled_from(["top_up", "helper", "controller", "forget", "tick"]),
+                         st.integers(0, 1), st.integers(1, 80)), max_size=60)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(150, 400), st.integers(100, 300), st.integers(50, 500), ops)
+# a reserve for one rule, then the other rule's flows up to the total cap
+@example(200, 300, 500, [("top_up", 0, 1)] + [("controller", 1, 80)] * 3)
+# a reserve, then the same rule's flows up to its own cap
+@example(400, 200, 500, [("top_up", 0, 1)] + [("controller", 0, 80)] * 3)
+def test_budgets_hold_with_the_fast_path(max_learned: int, max_per_rule: int, rate: int,
+                                         steps: list[tuple[str, int, int]]) -> None:
+    """Whatever the order of reserves, helper installs, controller
+    decisions and forgotten flows: learned routes plus reserves never exceed
+    a budget, and the reserves are what the helper may still install."""
+    flows, routes, wire = table(Limits(max_learned=max_learned, max_per_rule=max_per_rule,
+                                       upcall_rate=rate))
+    flows.fast_reset(1, routes, wire)
+    now, serial = 0.0, iter(range(10**6))
+
+    def new_group(rule: int) -> bytes:  # a fresh (S,G) under template `rule`
+        return ((0xE1010000 if rule == 0 else 0xE1020000) + next(serial)).to_bytes(4, "big")
+
+    for op, i, n in steps:
+        if op == "top_up":
+            flows.top_up(now)
+        elif op == "tick":
+            now += n / 10
+        elif op == "helper":  # it installs within its limit; the controller books each
+            for _ in range(min(n, flows.fast.limits[i] - flows.fast.used[i])):
+                u = Upcall(4, "learned", 0, S4, new_group(i), flows.fast.generation, i)
+                d = flows.fast_learned(u, "a")
+                assert d is not None
+                flows.installed(d, now)
+        elif op == "controller":
+            batch = [Upcall(4, "nocache", 0, S4, new_group(i)) for _ in range(n)]
+            for d in flows.decide(batch, now, lambda f, v: "a", {}):
+                flows.installed(d, now)
+        elif op == "forget":
+            flows.forget(list(flows.flows)[:n])
+        reserve = {r.rule: 0 for r in routes}
+        for route, used, limit in zip(routes, flows.fast.used, flows.fast.limits, strict=True):
+            assert used <= limit
+            reserve[route.rule] += limit - used
+        assert reserve == {rule: flows.reserved[rule] for rule in reserve}
+        assert flows.total + flows.reserved_total <= max_learned
+        for rule in reserve:
+            assert flows.learned[rule] + flows.reserved[rule] <= max_per_rule
