@@ -235,10 +235,8 @@ class FlowTable:
         self.reserved[route.rule] -= 1
         self.reserved_total -= 1
         flow = Flow(MfcKey(u.family, u.source, u.group), iif, stop=False, rule=route.rule)
-        d = Decision(flow, learn.entry(flow, route, self.vifs_by_name))
         self._count(route.rule, 1)
-        self.inflight[flow.key] = d
-        return d
+        return Decision(flow, learn.entry(flow, route, self.vifs_by_name))
 
     def _wrongvif(self, key: MfcKey, iif: str, installed: Mapping[MfcKey, Mfc]
                   ) -> Decision | None:
