@@ -1030,23 +1030,31 @@ def _mld_records(ip6: bytes) -> list[GroupRecord]:
     return out
 
 
+ETH_P_ALL = 0x0003
+
+
+def packet_socket(ns: Netns, ifname: str | None) -> socket.socket:
+    """A non-blocking AF_PACKET socket opened inside ns (so it sees only
+    that namespace's frames), bound to ifname unless None."""
+    sock = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        if ifname is not None:
+            sock.bind((ifname, ETH_P_ALL))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class ReportCapture:
     """Every IGMP/MLD group record arriving on ``ifname`` in ``ns`` (an
     AF_PACKET socket opened inside that namespace, so it sees only that
     namespace's veth end).  Open it before the reports are expected."""
 
-    ETH_P_ALL = 0x0003
-
     def __init__(self, ns: Netns, ifname: str):
         self.ns, self.ifname = ns, ifname
-        sock = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.ETH_P_ALL))
-        try:
-            sock.bind((ifname, self.ETH_P_ALL))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = packet_socket(ns, ifname)
         self.records: list[GroupRecord] = []
 
     def __repr__(self) -> str:

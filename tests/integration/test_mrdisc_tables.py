@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pytest
 
 from .conftest import SMCROUTECTL
-from .netns import Netns, mfc_entry, netns_available, read_mfc, wait_for
+from .netns import Netns, mfc_entry, netns_available, packet_socket, read_mfc, wait_for
 
 _ok, _why = netns_available()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not _ok, reason=_why)]
@@ -123,19 +123,9 @@ class IgmpCapture:
     interface of ns, also those created later.  Open it before the packets
     are expected."""
 
-    ETH_P_ALL = 0x0003
-
     def __init__(self, ns: Netns, ifname: str | None):
         self.ns, self.ifname = ns, ifname
-        sock = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.ETH_P_ALL))
-        try:
-            if ifname is not None:
-                sock.bind((ifname, self.ETH_P_ALL))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = packet_socket(ns, ifname)
         self.seen: list[Igmp] = []
 
     def poll(self, timeout: float = 0.0) -> None:
