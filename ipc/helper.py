@@ -196,6 +196,77 @@ def upcalls_message(upcalls: list[Upcall]) -> dict[str, Any]:
     return {"t": "upcalls", "upcalls": [u.to_wire() for u in upcalls]}
 
 
+@dataclass(frozen=True)
+class Reply:
+    """The helper's answer to one request (a failure carries errno and text)."""
+
+    id: int
+    ok: bool
+    errno: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Counts(Reply):
+    """sg_count: what the kernel counted for one (S,G)."""
+
+    packets: int = 0
+    bytes: int = 0
+    wrong_if: int = 0
+
+
+@dataclass(frozen=True)
+class HelloReply(Reply):
+    version: int = 0
+    maxvifs: int = 0
+    max_mfc: int = 0
+    table: int = 0
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class ModulesReply(Reply):
+    modules: tuple[str, ...] = ()
+
+
+# The result fields of a successful reply, by op (every other op: none).
+RESULTS: dict[str, tuple[type[Reply], tuple[str, ...]]] = {
+    "sg_count": (Counts, ("packets", "bytes", "wrong_if")),
+    "hello": (HelloReply, ("version", "maxvifs", "max_mfc", "table", "pid")),
+    "modules": (ModulesReply, ("modules",)),
+}
+
+
+class BadReply(ValueError):
+    """A reply that does not answer its request as the schema says."""
+
+
+def parse_reply(req: Request, msg: Any) -> Reply:
+    """The typed reply to req, checked (the controller's side of the schema)."""
+    if type(msg) is not dict or type(msg.get("id")) is not int or msg["id"] != req.id:
+        raise BadReply(f"not a reply to request {req.id} ({req.op})")
+    ok = msg.get("ok")
+    if ok is False:
+        if msg.keys() != {"id", "ok", "errno", "error"} or type(msg["errno"]) is not int \
+                or type(msg["error"]) is not str:
+            raise BadReply(f"malformed error reply to {req.op}")
+        return Reply(req.id, False, msg["errno"], msg["error"])
+    kind, names = RESULTS.get(req.op, (Reply, ()))
+    if ok is not True or msg.keys() != {"id", "ok", *names}:
+        raise BadReply(f"malformed reply to {req.op}")
+    values: dict[str, Any] = {}
+    for name in names:
+        value = msg[name]
+        if name == "modules":
+            if type(value) is not list or not all(type(m) is str for m in value):
+                raise BadReply("modules must be a list of names")
+            value = tuple(value)
+        elif type(value) is not int or value < 0:
+            raise BadReply(f"{name} of {req.op} must be a non-negative integer")
+        values[name] = value
+    return kind(req.id, True, **values)
+
+
 def ok_reply(req_id: int, **result: Any) -> dict[str, Any]:
     return {"id": req_id, "ok": True, **result}
 

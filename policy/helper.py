@@ -118,7 +118,7 @@ def _source(msg: dict[str, Any], family: int) -> bytes:
     return source
 
 
-def _oifs(value: Any, iif: int) -> tuple[tuple[int, int], ...]:
+def _oifs(value: Any) -> tuple[tuple[int, int], ...]:
     if type(value) is not list:
         raise Violation(f"oifs must be a list, got {type(value).__name__}")
     if len(value) > MAX_OIFS:
@@ -127,11 +127,10 @@ def _oifs(value: Any, iif: int) -> tuple[tuple[int, int], ...]:
     for item in value:
         if type(item) is not list or len(item) != 2:
             raise Violation("each oif must be a [vif, ttl] pair")
-        vif = _checked_int(item[0], "vif", 0, MAXVIFS - 1)
-        ttl = _checked_int(item[1], "ttl", TTL_MIN, TTL_MAX)
-        if vif == iif:
-            raise Violation(f"oif {vif} is the inbound vif")
-        pairs.append((vif, ttl))
+        # (the inbound VIF may be one: SMCRoute installs that, point-to-multipoint
+        # links such as WireGuard or tun servers need it)
+        pairs.append((_checked_int(item[0], "vif", 0, MAXVIFS - 1),
+                      _checked_int(item[1], "ttl", TTL_MIN, TTL_MAX)))
     vifs = [vif for vif, _ in pairs]
     if len(set(vifs)) != len(vifs):
         raise Violation("duplicate oif")
@@ -166,7 +165,7 @@ def _template(item: Any) -> Template:
     # a group prefix must lie within the multicast range: 224/4 or ff00::/8
     if group_len < (4 if family == 4 else 8) or not is_multicast(family, group):
         raise Violation("group is not a multicast prefix")
-    return Template(family, iif, source, source_len, group, group_len, _oifs(item[6], iif))
+    return Template(family, iif, source, source_len, group, group_len, _oifs(item[6]))
 
 
 _KEYS = {op: frozenset({"op", "id", *fields}) for op, fields in FIELDS.items()}
@@ -219,7 +218,7 @@ def parse_request(msg: Any) -> Request:
     group = _group(msg, family)
     if op == "add_mfc":
         iif = _int(msg, "iif", 0, MAXVIFS - 1)
-        return AddMfc(rid, family, source, group, iif, _oifs(msg["oifs"], iif))
+        return AddMfc(rid, family, source, group, iif, _oifs(msg["oifs"]))
     if op == "del_mfc":
         return DelMfc(rid, family, source, group)
     return SgCount(rid, family, source, group)

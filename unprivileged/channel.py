@@ -1,57 +1,168 @@
-"""The controller's end of the helper channel.
+"""The controller's end of the helper channel: one protocol, two drivers.
 
-Requests go out in batches (one datagram each); the helper answers every
-datagram with one reply datagram, in order, so replies are matched FIFO.
-Upcall datagrams may arrive in between. BlockingChannel serves start-up,
-before the event loop exists (it keeps early upcalls as a backlog);
-channel_async.HelperChannel takes over inside the loop. No asyncio here:
-importing it is not free, and start-up does not need it.
+Protocol has no I/O: a batch of requests becomes datagrams (at most
+PIPELINE requests each, screened with the helper's own policy first: a
+request the helper would take as a protocol violation is answered here
+with EINVAL instead of costing us the helper); a datagram from the helper
+becomes events. The helper answers every request datagram with one reply
+datagram, in order, so replies are matched FIFO; upcalls may come in
+between. A batch is answered as a whole, and batches in the order sent.
+
+BlockingChannel drives it at start-up, before the event loop exists (it
+keeps early upcalls for later); channel_async drives it inside the loop.
+No asyncio here: importing it is not free, and start-up does not need it.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from smcroute.ipc import codec
-from smcroute.ipc.helper import Request, error_reply, to_wire
+from smcroute.ipc.helper import (
+    UPCALL_KINDS,
+    BadReply,
+    Reply,
+    Request,
+    Upcall,
+    parse_reply,
+    to_wire,
+)
 from smcroute.policy import helper as policy
+from smcroute.policy.limits import ADDR_LEN
 
 
 class HelperLost(Exception):
-    """The helper is gone; the reason says why."""
+    """The helper is gone, or said something no correct helper says."""
 
 
-def screen(reqs: Sequence[Request]) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]]]:
-    """Check requests with the helper's own policy before sending them.
+@dataclass(frozen=True)
+class Answered:
+    """Every reply to one batch, in request order."""
 
-    A request the helper would treat as a protocol violation is answered
-    here with EINVAL instead of costing us the helper. Returns the replies
-    known so far (None where the helper must answer) and what to send.
-    """
-    replies: list[dict[str, Any] | None] = []
-    wire: list[dict[str, Any]] = []
-    for req in reqs:
-        msg = to_wire(req)
+    batch: int
+    replies: list[Reply]
+
+
+@dataclass(frozen=True)
+class Upcalls:
+    upcalls: list[Upcall]
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The helper's last word before it exits."""
+
+    reason: str
+
+
+Event = Answered | Upcalls | Fatal
+
+
+@dataclass
+class _Batch:
+    id: int
+    reqs: Sequence[Request]
+    replies: list[Reply | None]  # None: the helper's to give
+    sizes: deque[int] = field(default_factory=deque)  # requests per datagram not answered
+    answers: list[Any] = field(default_factory=list)
+
+
+def _upcall(item: Any) -> Upcall:
+    """An upcall as the schema says it (ipc.helper), or HelperLost."""
+    if type(item) is not list or len(item) not in (5, 7):
+        raise HelperLost("garbled upcall from the helper")
+    family, kind, vif, source, group, *fast = item
+    if (family not in ADDR_LEN or type(family) is not int or kind not in UPCALL_KINDS
+            or type(vif) is not int or not 0 <= vif < 65536
+            or type(source) is not bytes or len(source) != ADDR_LEN[family]
+            or type(group) is not bytes or len(group) != ADDR_LEN[family]
+            or (len(fast) == 2) != (kind == "learned")
+            or not all(type(n) is int for n in fast)):
+        raise HelperLost("garbled upcall from the helper")
+    return Upcall(family, kind, vif, source, group, *fast)
+
+
+class Protocol:
+    PIPELINE = 256  # requests per datagram: the helper starts on one while we prepare the next
+
+    def __init__(self) -> None:
+        self._batches: deque[_Batch] = deque()  # in the order sent
+        self.fatal: str | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._batches)
+
+    def send(self, batch: int, reqs: Sequence[Request]) -> list[bytes]:
+        """The datagrams for a batch, to be sent in order; its answer comes
+        from receive() (or from ready() if the helper has nothing to say)."""
+        b = _Batch(batch, reqs, [])
+        out = []
+        for start in range(0, len(reqs), self.PIPELINE):
+            wire = []
+            for req in reqs[start:start + self.PIPELINE]:
+                msg = to_wire(req)
+                try:
+                    policy.parse_request(msg)
+                except policy.Violation as exc:
+                    b.replies.append(Reply(req.id, False, errno.EINVAL,
+                                           f"refused by policy: {exc}"))
+                    continue
+                b.replies.append(None)
+                wire.append(msg)
+            if wire:
+                out.append(codec.encode(wire))
+                b.sizes.append(len(wire))
+        self._batches.append(b)
+        return out
+
+    def ready(self) -> list[Answered]:
+        """Batches answered in full, in the order they were sent."""
+        done = []
+        while self._batches and not self._batches[0].sizes:
+            b = self._batches.popleft()
+            it = iter(b.answers)
+            replies: list[Reply] = []
+            for req, local in zip(b.reqs, b.replies, strict=True):
+                try:
+                    replies.append(local if local is not None else parse_reply(req, next(it)))
+                except BadReply as exc:
+                    raise HelperLost(f"garbled reply from the helper: {exc}") from None
+            done.append(Answered(b.id, replies))
+        return done
+
+    def receive(self, data: bytes) -> list[Event]:
+        """The events in one datagram from the helper (HelperLost if it
+        is not something a correct helper sends)."""
+        if not data:
+            raise HelperLost(self.fatal or "the helper closed the channel")
         try:
-            policy.parse_request(msg)
-        except policy.Violation as exc:
-            replies.append(error_reply(req.id, errno.EINVAL, f"refused by policy: {exc}"))
-            continue
-        replies.append(None)
-        wire.append(msg)
-    return replies, wire
-
-
-def merge(replies: list[dict[str, Any] | None],
-          answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    it = iter(answers)
-    return [r if r is not None else next(it) for r in replies]
+            msg = codec.decode(data)
+            kind = msg["t"]
+            if kind == "replies":
+                answers = msg["replies"]
+                waiting = next((b for b in self._batches if b.sizes), None)
+                if waiting is None or type(answers) is not list \
+                        or len(answers) != waiting.sizes[0]:
+                    raise HelperLost("the helper answered with the wrong number of replies")
+                waiting.sizes.popleft()
+                waiting.answers += answers
+                return list(self.ready())
+            if kind == "upcalls":
+                return [Upcalls([_upcall(item) for item in msg["upcalls"]])]
+            if kind == "fatal":
+                self.fatal = str(msg["error"])
+                return [Fatal(self.fatal)]
+        except (codec.DecodeError, KeyError, TypeError) as exc:
+            raise HelperLost(f"garbled message from the helper: {exc}") from None
+        raise HelperLost(f"unknown message type {kind!r} from the helper")
 
 
 class BlockingChannel:
@@ -61,87 +172,55 @@ class BlockingChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.ids = itertools.count(1)
-        self.backlog: list[dict[str, Any]] = []
+        self.protocol = Protocol()
+        self.backlog: list[Upcalls] = []
+        self._batches = 0
 
-    def next_id(self) -> int:
-        return next(self.ids)
-
-    PIPELINE = 256  # requests per datagram: the helper starts while we encode the rest
-
-    def call(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
-        """Send the batches and collect the replies, reading while sending:
+    def call(self, reqs: Sequence[Request]) -> list[Reply]:
+        """Send one batch and wait for its replies, reading while sending:
         the helper may be sending upcalls meanwhile, and neither side may
         block the other."""
-        replies: list[dict[str, Any] | None] = []
-        chunks = [reqs[i:i + self.PIPELINE] for i in range(0, len(reqs), self.PIPELINE)]
-        outgoing: bytes | None = None  # the next datagram, encoded when it can be sent
-        sizes: list[int] = []  # requests per datagram sent
-        answers: list[dict[str, Any]] = []
-        done = 0  # reply datagrams received
+        self._batches += 1
+        batch = -self._batches  # apart from the core's batch numbers
+        outgoing = deque(self.protocol.send(batch, reqs))
         deadline = time.monotonic() + self.TIMEOUT
         self.sock.setblocking(False)
         try:
-            while chunks or outgoing is not None or done < len(sizes):
-                if outgoing is None and chunks:
-                    # screened and encoded one datagram at a time, so the helper
-                    # works on the first while we prepare the next
-                    known, batch = screen(chunks.pop(0))
-                    replies += known
-                    if batch:
-                        outgoing = codec.encode(batch)
-                        sizes.append(len(batch))
-                    continue
+            while True:
+                for answered in self.protocol.ready():
+                    if answered.batch == batch:
+                        return answered.replies
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     raise HelperLost("the helper did not answer in time")
                 readable, writable, _ = select.select(
-                    [self.sock], [self.sock] if outgoing is not None else [], [], timeout)
+                    [self.sock], [self.sock] if outgoing else [], [], timeout)
                 if writable:
                     try:
-                        self.sock.send(outgoing)  # type: ignore[arg-type]
-                        outgoing = None
+                        self.sock.send(outgoing[0])
+                        outgoing.popleft()
                     except BlockingIOError:
                         pass
                 if readable:
-                    got = self._receive()
-                    if got is not None:
-                        if done >= len(sizes) or len(got) != sizes[done]:
-                            raise HelperLost("the helper answered with the wrong number of"
-                                             " replies")
-                        answers += got
-                        done += 1
+                    for event in self._receive():
+                        if isinstance(event, Answered) and event.batch == batch:
+                            return event.replies
         except OSError as exc:
             for _ in range(64):  # it may have said why before it went: read that
                 try:
                     self._receive()
                 except (HelperLost, OSError):
                     break
-            raise HelperLost(self.fatal or f"cannot talk to the helper: {exc}") from None
+            raise HelperLost(self.protocol.fatal or f"cannot talk to the helper: {exc}") \
+                from None
         finally:
             self.sock.setblocking(True)
-        return merge(replies, answers)
 
-    fatal: str | None = None  # the helper's last word, if it said one
-
-    def _receive(self) -> list[dict[str, Any]] | None:
-        """One datagram: the replies it carries, or None (an upcall, kept)."""
+    def _receive(self) -> list[Event]:
         try:
             data = self.sock.recv(codec.MAX_DATAGRAM)
         except BlockingIOError:
-            return None
-        if not data:
-            raise HelperLost(self.fatal or "the helper closed the channel")
-        try:
-            msg = codec.decode(data)
-            kind = msg["t"]
-            if kind == "replies":
-                return list(msg["replies"])
-            if kind == "fatal":
-                self.fatal = str(msg["error"])
-            else:
-                self.backlog.append(msg)
-        except (codec.DecodeError, KeyError, TypeError) as exc:
-            raise HelperLost(f"garbled message from the helper: {exc}") from None
-        return None
-
+            return []
+        events = self.protocol.receive(data)
+        self.backlog += [e for e in events if isinstance(e, Upcalls)]
+        return events

@@ -1,17 +1,21 @@
 """smcroutectl add/remove/join/leave: arguments to rules, and rule edits
-(SPEC 3.4, 5.4, 5.5, 6.1, 6.3).
+(SPEC 3.4, 5.4, 5.5, 6.1, 6.3). Part of the daemon core: no I/O.
 
-Pure functions. Rules added at run time live until the next reload (as in
-SMCRoute: "smcroutectl changes are lost on reload -- by design").
+An edit changes the configuration's lines and the plan together, in step:
+the plan of the edited lines is the plan edited. Rules added at run time
+live until the next reload (as in SMCRoute: "smcroutectl changes are lost
+on reload -- by design").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from smcroute.ipc.control import ControlRequest
 from smcroute.policy.helper import is_multicast
+from smcroute.policy.limits import MAX_OIFS
 from smcroute.unprivileged import groups
 from smcroute.unprivileged.config import (
     ConfigError,
@@ -20,11 +24,10 @@ from smcroute.unprivileged.config import (
     checked,
     parse_prefix,
 )
-from smcroute.unprivileged.engine import match
-from smcroute.unprivileged.model import Directive, Interface, Mgroup, Mroute, Prefix, Where
+from smcroute.unprivileged.engine import Plan, group_key, match, rule_key
+from smcroute.unprivileged.model import Directive, Mgroup, Mroute, Prefix, Where
 
 IPC = Where("ipc", 0)
-MAX_OIFS = 32
 
 
 class CommandError(ValueError):
@@ -69,88 +72,98 @@ def route_from_args(args: tuple[str, ...]) -> Mroute:
     return Mroute(IPC, iif, source, group_prefix, oifs)
 
 
-class Rules:
-    """The rules (config plus smcroutectl edits) being edited, indexed so
-    that a batch of edits costs one pass, not one pass per edit."""
+class Lines:
+    """The configuration's lines with smcroutectl's edits (they last until
+    the next reload, as in SMCRoute), indexed by rule identity: an edit
+    finds its rule's lines at once, whatever the size of the file."""
 
-    def __init__(self, directives: tuple[Directive, ...]) -> None:
-        self.items: list[Directive | None] = list(directives)
-        # key -> positions of the rules with that identity, first one first
-        # (a file may repeat a line; the first is the one edits find)
-        self.index: dict[tuple[object, ...], list[int]] = {}
-        for i, d in enumerate(self.items):
-            if isinstance(d, Mroute | Mgroup):
-                self.index.setdefault(self._key(d), []).append(i)
+    def __init__(self, directives: Iterable[Directive] = ()) -> None:
+        self.lines: dict[int, Directive] = {}
+        self.index: dict[tuple[str, object], list[int]] = {}  # identity -> line ids
+        self._ids = itertools.count()
+        for d in directives:
+            self.append(d)
+
+    def __iter__(self) -> Iterator[Directive]:
+        return iter(self.lines.values())
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
     @staticmethod
-    def _key(rule: Mroute | Mgroup) -> tuple[object, ...]:
-        """SMCRoute's identity: a route by inbound, source and group as written
-        (lengths included); a join likewise, but without the source length."""
+    def identity(rule: Directive) -> tuple[str, object] | None:
         if isinstance(rule, Mroute):
-            return ("mroute", rule.iif, rule.source, rule.group)
-        return ("mgroup", rule.iif, rule.group, rule.source.address if rule.source else None)
+            return "mroute", rule_key(rule)
+        if isinstance(rule, Mgroup):
+            return "mgroup", group_key(rule)
+        return None
 
-    def find(self, rule: Mroute | Mgroup) -> int | None:
-        places = self.index.get(self._key(rule))
-        return places[0] if places else None
+    def append(self, d: Directive) -> None:
+        i = next(self._ids)
+        self.lines[i] = d
+        if (ident := self.identity(d)) is not None:
+            self.index.setdefault(ident, []).append(i)
 
-    def put(self, i: int | None, rule: Mroute | Mgroup) -> None:
-        if i is None:
-            self.items.append(rule)
-            self.index.setdefault(self._key(rule), []).append(len(self.items) - 1)
-        else:
-            self.items[i] = rule
+    def of(self, rule: Mroute | Mgroup) -> list[Directive]:
+        ident = self.identity(rule)
+        return [self.lines[i] for i in self.index.get(ident, ())] if ident else []
 
-    def delete(self, i: int) -> None:
-        rule = self.items[i]
-        assert isinstance(rule, Mroute | Mgroup)
-        self.items[i] = None
-        places = self.index[self._key(rule)]
-        places.remove(i)
-        if not places:
-            del self.index[self._key(rule)]
+    def drop(self, rule: Mroute | Mgroup) -> None:
+        for i in self.index.pop(self.identity(rule), ()):  # type: ignore[arg-type]
+            del self.lines[i]
 
-    def result(self) -> tuple[Directive, ...]:
-        return tuple(d for d in self.items if d is not None)
+    def replace(self, rule: Mroute, oifs: tuple[str, ...]) -> None:
+        """Every line of rule without these OIF patterns."""
+        for i in self.index.get(self.identity(rule), ()):  # type: ignore[arg-type]
+            line = self.lines[i]
+            assert isinstance(line, Mroute)
+            self.lines[i] = replace(line, oifs=tuple(o for o in line.oifs if o not in oifs))
 
-    def add(self, rule: Mroute) -> None:
-        """Merge rule's OIFs into an equal rule, or append it."""
-        i = self.find(rule)
-        if i is None:
-            self.put(None, rule)
-            return
-        old = self.items[i]
-        assert isinstance(old, Mroute)
-        self.put(i, replace(old, oifs=old.oifs + tuple(o for o in rule.oifs
-                                                       if o not in old.oifs)))
 
-    def remove(self, rule: Mroute) -> None:
-        """Remove the equal rule, or only the OIFs rule names from it."""
-        i = self.find(rule)
-        if i is None:
-            raise CommandError(f"mroute: no route from {rule.iif} {_sg(rule)} to remove")
-        old = self.items[i]
-        assert isinstance(old, Mroute)
-        if not rule.oifs:
-            self.delete(i)
-            return
-        unknown = [o for o in rule.oifs if o not in old.oifs]
-        if unknown:
-            raise CommandError(f"mroute: {' '.join(unknown)} is not an outbound interface"
-                               f" of the route from {old.iif} ({_sg(old)})")
-        self.put(i, replace(old, oifs=tuple(o for o in old.oifs if o not in rule.oifs)))
+def _add(lines: Lines, plan: Plan, rule: Mroute) -> None:
+    """A line appended: new OIFs of an equal rule merge into it (SPEC 5.4)."""
+    if not match(rule.iif, plan.interfaces):
+        raise CommandError(f"ipc: mroute: inbound {rule.iif} is not a known phyint")
+    lines.append(rule)
+    plan.add(rule)
 
-    def join(self, rule: Mgroup) -> None:
-        if self.find(rule) is not None:
-            raise CommandError(f"Already joined {groups.error_text(rule)} on {rule.iif}")
-        self.put(None, rule)
 
-    def leave(self, rule: Mgroup) -> None:
-        """Leave a join, also one from the configuration file."""
-        i = self.find(rule)
-        if i is None:
-            raise CommandError(f"No group {groups.error_text(rule)} on {rule.iif} to leave")
-        self.delete(i)
+def _remove(lines: Lines, plan: Plan, rule: Mroute) -> None:
+    """Remove the equal rule, or only the OIFs rule names from it."""
+    mine = lines.of(rule)
+    if not mine:
+        raise CommandError(f"mroute: no route from {rule.iif} {_sg(rule)} to remove")
+    if not rule.oifs:
+        lines.drop(rule)
+        plan.remove_rule(rule_key(rule))
+        return
+    written = {o for line in mine if isinstance(line, Mroute) for o in line.oifs}
+    unknown = [o for o in rule.oifs if o not in written]
+    if unknown:
+        raise CommandError(f"mroute: {' '.join(unknown)} is not an outbound interface"
+                           f" of the route from {rule.iif} {_sg(rule)}")
+    lines.replace(rule, rule.oifs)
+    plan.remove_oifs(rule_key(rule), rule.oifs)
+
+
+def _join(lines: Lines, plan: Plan, rule: Mgroup) -> None:
+    names = match(rule.iif, plan.interfaces)
+    if not names:
+        raise CommandError(f"unknown interface {rule.iif}")
+    if not any(plan.interfaces[n].multicast for n in names):
+        raise CommandError(f"interface {rule.iif} is not multicast capable")
+    if lines.of(rule):
+        raise CommandError(f"Already joined {groups.error_text(rule)} on {rule.iif}")
+    lines.append(rule)
+    plan.add(rule)
+
+
+def _leave(lines: Lines, plan: Plan, rule: Mgroup) -> None:
+    """Leave a join, also one from the configuration file."""
+    if not lines.of(rule):
+        raise CommandError(f"No group {groups.error_text(rule)} on {rule.iif} to leave")
+    lines.drop(rule)
+    plan.remove_join(group_key(rule))
 
 
 def _sg(rule: Mroute) -> str:
@@ -173,26 +186,13 @@ def group_from_args(args: tuple[str, ...], verb: str) -> Mgroup:
     return rule
 
 
-def edit(rules: Rules, req: ControlRequest, interfaces: Mapping[str, Interface]
-         ) -> Mroute | Mgroup:
-    """Apply one add/remove/join/leave request to the rules."""
+def edit(lines: Lines, plan: Plan, req: ControlRequest) -> Mroute | Mgroup:
+    """Apply one add/remove/join/leave request to the lines and the plan
+    (CommandError if it cannot be, and then nothing changed)."""
     if req.cmd in ("add", "remove"):
         rule = route_from_args(req.args)
-        if req.cmd == "remove":
-            rules.remove(rule)
-            return rule
-        if not match(rule.iif, interfaces):
-            raise CommandError(f"ipc: mroute: inbound {rule.iif} is not a known phyint")
-        rules.add(rule)
+        (_add if req.cmd == "add" else _remove)(lines, plan, rule)
         return rule
     join = group_from_args(req.args, req.cmd)
-    if req.cmd == "leave":
-        rules.leave(join)
-        return join
-    names = match(join.iif, interfaces)
-    if not names:
-        raise CommandError(f"unknown interface {join.iif}")
-    if not any(interfaces[n].multicast for n in names):
-        raise CommandError(f"interface {join.iif} is not multicast capable")
-    rules.join(join)
+    (_join if req.cmd == "join" else _leave)(lines, plan, join)
     return join

@@ -7,14 +7,19 @@ values come out, whatever the input.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import ipaddress
+import itertools
 import os
 import socket
+import stat
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from smcroute.policy.helper import is_multicast
+from smcroute.policy.limits import MAX_OIFS
 from smcroute.unprivileged.model import (
     Config,
     Diagnostic,
@@ -27,9 +32,10 @@ from smcroute.unprivileged.model import (
 )
 
 MAX_LINE = 511  # SMCRoute's line buffer holds 511 characters
-MAX_OIFS = 32  # one per VIF
 MAX_INCLUDE_DEPTH = 16
-MAX_FILE = 16 * 1024 * 1024
+MAX_FILES = 256
+MAX_LINES = 100_000
+MAX_BYTES = 16 * 1024 * 1024
 IFNAMSIZ = 16
 WHITESPACE = " \t\r\v\f"
 DIRECTIVES = ("mgroup", "ssmgroup", "mroute", "phyint", "include")
@@ -47,11 +53,8 @@ class _Line:
     tokens: list[str]
     diagnostics: list[Diagnostic]
 
-    def warn(self, message: str) -> None:
-        self.diagnostics.append(Diagnostic(message, self.where, error=False))
-
     def error(self, message: str) -> None:
-        self.diagnostics.append(Diagnostic(message, self.where, error=True))
+        self.diagnostics.append(Diagnostic(message, self.where))
 
 
 _C_SPACE = {ord(c): " " for c in WHITESPACE}
@@ -151,25 +154,23 @@ def _scan(line: _Line, start: int) -> dict[str, object]:
     return found
 
 
-def _threshold(line: _Line, ifname: str, value: object) -> int | None:
+def _threshold(ifname: str, value: object) -> int | None:
     if value is None:
         return None
     text = str(value)
     if text.isdigit() and text.isascii() and 1 <= int(text) <= 255:
         return int(text)
-    line.warn(f"phyint {ifname} ttl {text} out of range (1-255)")
-    return 1
+    raise ConfigError(f"phyint {ifname} ttl {text} out of range (1-255)")
 
 
-def _phyint(line: _Line) -> Phyint | None:
+def _phyint(line: _Line) -> Phyint:
     if len(line.tokens) < 2:
-        line.warn("phyint missing interface pattern")
-        return None
+        raise ConfigError("phyint missing interface pattern")
     ifname = line.tokens[1]
     check_ifname(ifname)
     found = _scan(line, 2)
     return Phyint(line.where, ifname, found.get("enable"),  # type: ignore[arg-type]
-                  bool(found.get("mrdisc")), _threshold(line, ifname, found.get("ttl-threshold")))
+                  bool(found.get("mrdisc")), _threshold(ifname, found.get("ttl-threshold")))
 
 
 def addresses(source_text: str | None, group_text: str,
@@ -202,10 +203,8 @@ def checked(source: Prefix | None, group: Prefix, group_text: str,
     return source, group
 
 
-def _addresses(line: _Line, found: dict[str, object], what: str
-               ) -> tuple[Prefix | None, Prefix] | None:
-    """addresses() of a config line; None (warned) if unusable: invalid
-    addresses skip the line with a warning, as in SMCRoute."""
+def _addresses(found: dict[str, object], what: str) -> tuple[Prefix | None, Prefix]:
+    """addresses() of a config line, its errors named by the directive."""
     source = found.get("source")
     try:
         return addresses(None if source is None else str(source), str(found["group"]), what)
@@ -213,8 +212,7 @@ def _addresses(line: _Line, found: dict[str, object], what: str
         message = str(exc)
         if not message.startswith(f"{what}: "):
             message = f"{what}: {message}"
-        line.warn(f"{message}, skipping line")
-        return None
+        raise ConfigError(f"{message}, skipping line") from None
 
 
 def _required(found: dict[str, object], what: str) -> str:
@@ -233,21 +231,19 @@ _MROUTE_CACHE: dict[tuple[str, ...], tuple[str, Prefix | None, Prefix, tuple[str
 _MROUTE_CACHE_MAX = 200_000
 
 
-def _mroute(line: _Line) -> Mroute | None:
+def _mroute(line: _Line) -> Mroute:
     key = tuple(line.tokens)
     hit = _MROUTE_CACHE.get(key)
     if hit is not None:
         return Mroute(line.where, *hit)
-    seen = len(line.diagnostics)
-    rule = _parse_mroute(line)
-    if rule is not None and len(line.diagnostics) == seen:
-        if len(_MROUTE_CACHE) >= _MROUTE_CACHE_MAX:
-            _MROUTE_CACHE.clear()
-        _MROUTE_CACHE[key] = (rule.iif, rule.source, rule.group, rule.oifs)
+    rule = _parse_mroute(line)  # (a line in error raises: nothing is cached)
+    if len(_MROUTE_CACHE) >= _MROUTE_CACHE_MAX:
+        _MROUTE_CACHE.clear()
+    _MROUTE_CACHE[key] = (rule.iif, rule.source, rule.group, rule.oifs)
     return rule
 
 
-def _parse_mroute(line: _Line) -> Mroute | None:
+def _parse_mroute(line: _Line) -> Mroute:
     found = _scan(line, 0)
     iif = _required(found, "mroute")
     oifs = tuple(str(o) for o in found.get("to", ()))  # type: ignore[union-attr]
@@ -255,81 +251,161 @@ def _parse_mroute(line: _Line) -> Mroute | None:
         raise ConfigError(f"mroute: {len(oifs)} outbound interfaces, at most {MAX_OIFS}")
     for oif in oifs:
         check_ifname(oif)
-    addresses = _addresses(line, found, "mroute")
-    if addresses is None:
-        return None
-    return Mroute(line.where, iif, *addresses, oifs)
+    return Mroute(line.where, iif, *_addresses(found, "mroute"), oifs)
 
 
-def _mgroup(line: _Line) -> Mgroup | None:
+def _mgroup(line: _Line) -> Mgroup:
     found = _scan(line, 0)
     iif = _required(found, "mgroup")
-    addresses = _addresses(line, found, "mgroup")
-    if addresses is None:
-        return None
-    return Mgroup(line.where, iif, *addresses)
+    return Mgroup(line.where, iif, *_addresses(found, "mgroup"))
+
+
+class Limits(NamedTuple):
+    """How much configuration one read may take (smcroute.conf(5), LIMITS):
+    a hostile or broken include tree costs bounded time and memory."""
+
+    depth: int = MAX_INCLUDE_DEPTH  # include nesting
+    files: int = MAX_FILES  # files read, the main one included
+    lines: int = MAX_LINES  # lines in all of them
+    size: int = MAX_BYTES  # bytes in all of them
+
+
+def _pseudo_devices() -> frozenset[int]:
+    """Devices of /proc and /sys: their "regular files" are kernel state,
+    generated on read (some block, some are endless), never configuration."""
+    devs = set()
+    for path in ("/proc", "/sys"):
+        try:
+            devs.add(os.stat(path).st_dev)
+        except OSError:
+            pass
+    return frozenset(devs)
+
+
+_KINDS = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
+          (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
+          (stat.S_ISBLK, "is a block device"))
+
+
+def _refusal(st: os.stat_result, pseudo: frozenset[int]) -> str | None:
+    """Why this file is not read as configuration, if it is not."""
+    for test, text in _KINDS:
+        if test(st.st_mode):
+            return text
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_dev in pseudo:
+        return "is a kernel (/proc or /sys) file, not a regular file"
+    return None
 
 
 class _Reader:
-    """Reads a config file and everything it includes, depth first."""
+    """Reads a config file and everything it includes, depth first, within
+    limits. Only regular files are read: a FIFO, device, socket, directory
+    or /proc file is refused before anything is read from it (opening
+    never blocks: O_NONBLOCK)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self.directives: list[Directive] = []
         self.diagnostics: list[Diagnostic] = []
-        self.stack: list[str] = []  # real paths being read: the include-loop guard
+        self.stack: list[tuple[int, int]] = []  # (dev, inode) being read: the loop guard
         self.includes: dict[str, Where] = {}
+        self.files = 0
+        self.lines = 0
+        self.size = 0
+        self.full = False  # a limit was reached: read nothing more
+        self.pseudo = _pseudo_devices()
 
     def file(self, path: str, where: Where | None = None) -> None:
         if where is not None:
             self.includes.setdefault(path, where)
         text = self._load(path, where)
         if text is not None:
-            self.stack.append(os.path.realpath(path))
             self.text(text, path)
             self.stack.pop()
 
+    def _over(self, what: str, limit: int, where: Where | None, path: str = "") -> None:
+        self.full = True
+        at = f" at {path}" if path else ""
+        self.diagnostics.append(Diagnostic(
+            f"configuration too large{at}: more than {limit} {what} with its includes,"
+            " the rest is not read", where))
+
     def _load(self, path: str, where: Where | None) -> str | None:
+        """The file's text, on the include stack; None (said why) if not read."""
         def fail(message: str) -> None:
             self.diagnostics.append(Diagnostic(message, where))
 
+        if self.files >= self.limits.files:
+            self._over("files", self.limits.files, where, path)
+            return None
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except FileNotFoundError:
             fail(f"Configuration file {path} does not exist")
-        except IsADirectoryError:
-            fail(f"Failed opening {path}: is a directory")
+            return None
         except OSError as exc:
             fail(f"Failed opening {path}: {os.strerror(exc.errno or 0)}")
-        else:
-            if len(data) > MAX_FILE:
-                fail(f"Failed reading {path}: larger than {MAX_FILE} bytes")
+            return None
+        try:
+            st = os.fstat(fd)
+            if (why := _refusal(st, self.pseudo)) is not None:
+                fail(f"Failed opening {path}: {why}")
                 return None
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                line = data[:exc.start].count(b"\n") + 1
-                self.diagnostics.append(Diagnostic("not UTF-8 text", Where(path, line)))
-        return None
+            if (st.st_dev, st.st_ino) in self.stack:
+                fail(f"include loop: {path} is already being read")
+                return None
+            room = self.limits.size - self.size
+            data = _read(fd, room + 1)
+        except OSError as exc:
+            fail(f"Failed reading {path}: {os.strerror(exc.errno or 0)}")
+            return None
+        finally:
+            os.close(fd)
+        self.files += 1
+        if len(data) > room:
+            self._over("bytes", self.limits.size, where, path)
+            return None
+        self.size += len(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            self.diagnostics.append(Diagnostic("not UTF-8 text", Where(path, line)))
+            return None
+        self.stack.append((st.st_dev, st.st_ino))
+        return text
 
     def include(self, line: _Line) -> None:
         if len(line.tokens) < 2:
-            line.warn("include: missing file pattern")
+            line.error("include: missing file pattern")
             return
         pattern = line.tokens[1]
         if not os.path.isabs(pattern):  # relative to the including file, not the cwd
             pattern = os.path.join(glob.escape(os.path.dirname(line.where.file)), pattern)
-        for path in sorted(glob.glob(pattern)):  # glob(3) order: sorted bytewise
-            if os.path.realpath(path) in self.stack:
-                line.error(f"include loop: {path} is already being read")
-            elif len(self.stack) >= MAX_INCLUDE_DEPTH:
-                line.error(f"include: nested more than {MAX_INCLUDE_DEPTH} deep at {path}")
+        # glob(3) order: sorted bytewise; more matches than files may be read is an error
+        matches = sorted(itertools.islice(glob.iglob(pattern), self.limits.files + 1))
+        if len(matches) > self.limits.files:
+            self._over("files", self.limits.files, line.where, pattern)
+            return
+        for path in matches:
+            if self.full:
+                return
+            if len(self.stack) >= self.limits.depth:
+                line.error(f"include: nested more than {self.limits.depth} deep at {path}")
             else:
                 self.file(path, line.where)
 
     def text(self, text: str, filename: str) -> None:
         for number, raw in enumerate(text.split("\n"), start=1):
+            if self.full:
+                return
+            self.lines += 1
             line = _Line(Where(filename, number), [], self.diagnostics)
+            if self.lines > self.limits.lines:
+                self._over("lines", self.limits.lines, line.where)
+                return
             if len(raw.rstrip("\r")) > MAX_LINE:
                 line.error(f"line too long ({len(raw)} characters, at most {MAX_LINE})")
                 continue
@@ -345,14 +421,12 @@ class _Reader:
         directive = _match(word, DIRECTIVES)
         try:
             if directive is None:
-                line.warn(f"Unknown command {word}, skipping.")
+                line.error(f"Unknown command {word}, skipping.")
             elif directive == "include":
                 self.include(line)
             else:
                 parse = {"phyint": _phyint, "mroute": _mroute}.get(directive, _mgroup)
-                result = parse(line)
-                if result:
-                    self.directives.append(result)
+                self.directives.append(parse(line))
         except ConfigError as exc:
             line.error(str(exc))
 
@@ -361,19 +435,33 @@ class _Reader:
                       tuple(self.includes.items()))
 
 
-def parse_text(text: str, filename: str) -> Config:
+def _read(fd: int, most: int) -> bytes:
+    """Up to most bytes of a regular file."""
+    chunks = []
+    while most > 0:
+        chunk = os.read(fd, min(most, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        most -= len(chunk)
+    return b"".join(chunks)
+
+
+def parse_text(text: str, filename: str, limits: Limits | None = None) -> Config:
     """Parse a whole configuration; every problem becomes a Diagnostic.
 
     include lines are followed (relative to filename's directory).
     """
-    reader = _Reader()
-    reader.stack.append(os.path.realpath(filename))
+    reader = _Reader(limits)
+    with contextlib.suppress(OSError):
+        st = os.stat(filename)
+        reader.stack.append((st.st_dev, st.st_ino))
     reader.text(text, filename)
     return reader.config()
 
 
-def read_config(path: str) -> Config:
+def read_config(path: str, limits: Limits | None = None) -> Config:
     """Read and parse path and its includes; an unreadable file is an error naming it."""
-    reader = _Reader()
+    reader = _Reader(limits)
     reader.file(path)
     return reader.config()

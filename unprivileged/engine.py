@@ -1,21 +1,40 @@
-"""The route engine: from a Config and the interface table to kernel state.
+"""The route engine: from rules and the interface table to kernel state.
 
-Pure functions. plan() says what the kernel should hold (VIF/MIF slots, MFC
-entries) and what waits for interfaces; diff() says which helper operations
-take the installed state there, touching nothing that stays the same.
+No I/O. A Plan is SMCRoute's fold over the configuration, line by line
+(SPEC 2, 5.2, 5.4): a VIF/MIF pair is allocated when an interface is first
+used, "phyint X disable" frees it and drops what earlier lines routed
+through X, equal mroute lines are one rule whose OIFs are merged. What the
+daemon does to that state later is a change to the fold, never a new fold:
+
+* add(line) continues it (start-up, reload, and smcroutectl add/join, which
+  are lines appended to the configuration);
+* remove_rule, remove_oifs and remove_join take a rule (or some of its
+  OIFs) out again, exactly as if its lines had never been read; a VIF goes
+  when nothing holds it any more.
+
+So an edit costs what it changes, and plan(lines) of the edited lines is
+the same Plan (a property test checks it). What changed since the last
+take_changes() is tracked for the core: MFC keys, inbound interfaces whose
+templates changed, memberships.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import bisect
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from smcroute.policy.limits import MAXVIFS
 from smcroute.unprivileged import groups
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.model import (
+    INTERFACE,
+    NOTE,
+    Address,
     Config,
     Diagnostic,
+    Directive,
     Interface,
     Mfc,
     MfcKey,
@@ -23,11 +42,25 @@ from smcroute.unprivileged.model import (
     Mroute,
     Pending,
     Phyint,
+    Prefix,
     Vif,
 )
 
 FAMILIES = (4, 6)
 VifTable = Mapping[object, Vif]  # installed VIFs; only the values matter
+RuleKey = tuple[str, Prefix | None, Prefix]  # SMCRoute's identity of a route rule
+GroupKey = tuple[str, Prefix, Address | None]  # ... and of a join (no source length)
+MemberKey = tuple[int, int, bytes | None, bytes]
+
+
+def rule_key(rule: Mroute) -> RuleKey:
+    """A route rule is its inbound interface as written, source and group
+    (lengths included): equal lines are one rule."""
+    return rule.iif, rule.source, rule.group
+
+
+def group_key(rule: Mgroup) -> GroupKey:
+    return rule.iif, rule.group, rule.source.address if rule.source else None
 
 
 def match(pattern: str, interfaces: Mapping[str, Interface]) -> list[str]:
@@ -39,156 +72,78 @@ def match(pattern: str, interfaces: Mapping[str, Interface]) -> list[str]:
     return [name] if name in interfaces else []
 
 
-@dataclass
-class Route:
-    """A config mroute line applied to one inbound interface."""
+def _net(prefix: Prefix | None) -> tuple[int, int]:
+    """(network, mask) as integers; (0, 0) matches everything."""
+    if prefix is None:
+        return 0, 0
+    bits = prefix.max_length
+    mask = ((1 << prefix.length) - 1) << (bits - prefix.length)
+    return int(prefix.address) & mask, mask
 
-    rule: Mroute
-    iif: str
-    oifs: dict[str, int]  # name -> ttl
 
+@dataclass(eq=False)
+class Rule:
+    """One route rule: the lines equal to its first, merged."""
 
-@dataclass
-class Plan:
-    vifs: dict[tuple[int, str], Vif] = field(default_factory=dict)
-    mfc: dict[MfcKey, Mfc] = field(default_factory=dict)
-    templates: list[Route] = field(default_factory=list)  # (*,G) and range rules
-    ssm: list[Route] = field(default_factory=list)  # (S,G) rules, before merging into mfc
-    groups: list[Mgroup] = field(default_factory=list)  # joins whose interface exists
-    mrdisc: set[str] = field(default_factory=set)  # interfaces with mrdisc on
-    memberships: dict[tuple[int, int, bytes | None, bytes], Membership] = field(
-        default_factory=dict)
-    pending: list[Pending] = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    seq: int  # its place in the configuration (its first line)
+    rule: Mroute  # the first line, with the OIF patterns of every line of it
+    routes: dict[str, Route] = field(default_factory=dict)  # by inbound interface
+    # the interfaces whose VIFs its lines took (and no "phyint disable" freed
+    # since), with the patterns that named them ("" for the inbound one)
+    held: dict[str, set[str]] = field(default_factory=dict)
 
     @property
-    def errors(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.error]
+    def key(self) -> RuleKey:
+        return rule_key(self.rule)
 
 
-def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTable,
-         default_enable: bool = True) -> Plan:
-    """Decide the kernel state for config, keeping installed VIF slots stable.
+@dataclass(eq=False)
+class Route:
+    """A rule applied to one inbound interface."""
 
-    Directives are processed in order, as SMCRoute does: a VIF/MIF pair is
-    allocated when an interface is first used, and "phyint X disable" frees
-    it and drops what earlier lines routed through X.
-    """
-    out = Plan()
-    note = out.diagnostics.append
-    thresholds: dict[str, int] = {}
-    slots = _Slots(out, interfaces, installed.values())
-    routes: list[Route] = []
+    owner: Rule
+    iif: str
+    oifs: dict[str, int] = field(default_factory=dict)  # name -> ttl
+    via: dict[str, set[str]] = field(default_factory=dict)  # name -> the OIF patterns naming it
 
-    def usable(name: str, role: str, rule: Mroute | Phyint | Mgroup) -> bool:
-        if not interfaces[name].multicast:
-            note(Diagnostic(f"{role} {name} is not multicast capable", rule.where, error=False))
-            return False
-        return slots.ensure(name, thresholds.get(name, 1), rule)
+    def __post_init__(self) -> None:
+        rule = self.owner.rule
+        self.family = rule.family
+        self.net = (*_net(rule.group), *_net(rule.source))  # for covers()
 
-    # Interfaces resolved per (inbound, outbound) pattern: large configs repeat
-    # them line after line. A result is reused only while no phyint line has
-    # changed slots or thresholds, and only if it said nothing (no warning).
-    known: dict[tuple[str, tuple[str, ...]], tuple[list[str], list[str], list[str]]] = {}
+    @property
+    def rule(self) -> Mroute:
+        return self.owner.rule
 
-    def resolve(d: Mroute) -> tuple[list[str], list[str], list[str]] | None:
-        said = len(out.diagnostics)
-        iifs = match(d.iif, interfaces)
-        if not _multicast(iifs, interfaces):  # SPEC 8.2: wait for the MULTICAST flag too
-            out.pending.append(Pending(d, (d.iif,), inbound=True))
-            return None
-        iifs = [name for name in iifs if usable(name, "mroute: inbound", d)]
-        oifs: list[str] = []
-        missing: list[str] = []
-        for pattern in d.oifs:
-            names = match(pattern, interfaces)
-            if not _multicast(names, interfaces):
-                missing.append(pattern)
-            oifs += [n for n in names if n not in oifs and usable(n, "mroute: outbound", d)]
-        if len(out.diagnostics) == said:
-            known[(d.iif, d.oifs)] = (iifs, oifs, missing)
-        return iifs, oifs, missing
+    @property
+    def seq(self) -> int:
+        return self.owner.seq
 
-    for d in config.directives:
-        if isinstance(d, Mgroup):
-            _mgroup(out, d, interfaces, usable)
-            continue
-        if isinstance(d, Phyint):
-            known.clear()
-            names = match(d.pattern, interfaces)
-            if not names:
-                note(Diagnostic(f"phyint {d.pattern} does not exist (yet?) on this system",
-                                d.where, error=False))
-            enable = default_enable if d.enable is None else d.enable
-            for name in names:
-                if d.threshold is not None:
-                    thresholds[name] = d.threshold
-                if enable and usable(name, "phyint", d):
-                    if d.mrdisc:
-                        out.mrdisc.add(name)
-                    else:
-                        out.mrdisc.discard(name)
-                elif not enable:
-                    out.mrdisc.discard(name)
-                    slots.release(name)
-                    routes = _prune(routes, name)
-            continue
-        resolved = resolve(d) if (d.iif, d.oifs) not in known else known[(d.iif, d.oifs)]
-        if resolved is None:
-            continue
-        iifs, oifs, missing = resolved
-        for iif in iifs:
-            if iif in oifs and not (d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)):
-                note(Diagnostic(f"mroute: outbound {iif} is also the inbound interface: not"
-                                " forwarded back where it came from", d.where, error=False))
-            routes.append(Route(d, iif, {o: thresholds.get(o, 1) for o in oifs if o != iif}))
-        if missing:
-            out.pending.append(Pending(d, tuple(missing)))
-
-    for route in routes:
-        if route.rule.is_ssm:
-            out.ssm.append(route)
-            _add_route(out, route)
-        else:
-            out.templates.append(route)
-    return out
+    def covers(self, source: int, group: int) -> bool:
+        gnet, gmask, snet, smask = self.net
+        return group & gmask == gnet and source & smask == snet
 
 
-def _multicast(names: list[str], interfaces: Mapping[str, Interface]) -> bool:
-    """Does any of these interfaces exist with the MULTICAST flag?"""
-    return any(interfaces[n].multicast for n in names)
+@dataclass(eq=False)
+class Join:
+    """One mgroup rule (later equal lines are refused: "Already joined")."""
+
+    rule: Mgroup
+    members: dict[MemberKey, Membership] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)  # interfaces it holds VIFs on
 
 
-def _mgroup(out: Plan, d: Mgroup, interfaces: Mapping[str, Interface],
-            usable: Callable[[str, str, Mgroup], bool]) -> None:
-    """A join: every membership it stands for, on every matching interface."""
-    if error := groups.too_large(d):
-        out.diagnostics.append(Diagnostic(error, d.where))
-        return
-    names = match(d.iif, interfaces)
-    if not _multicast(names, interfaces):
-        out.pending.append(Pending(d, (d.iif,), inbound=True))
-        return
-    if any(groups.same(d, g) for g in out.groups):
-        out.diagnostics.append(Diagnostic(
-            f"Already joined {groups.text(d)} on {d.iif}, line ignored", d.where, error=False))
-        return
-    out.groups.append(d)
-    for name in names:
-        if usable(name, "mgroup: interface", d):
-            for m in groups.expand(d, name, interfaces[name].index):
-                out.memberships.setdefault(m.key, m)
+@dataclass
+class Changes:
+    """What a plan changed since the last take_changes(), for the core."""
+
+    mfc: set[MfcKey] = field(default_factory=set)  # configured (S,G) entries
+    inbound: set[tuple[int, str]] = field(default_factory=set)  # templates or VIF of these
+    memberships: set[MemberKey] = field(default_factory=set)
+    pending: list[Pending] = field(default_factory=list)  # lines that began to wait
 
 
-def _prune(routes: list[Route], name: str) -> list[Route]:
-    """Forget an interface: routes from it go, it leaves every OIF list."""
-    kept = [r for r in routes if r.iif != name]
-    for r in kept:
-        r.oifs.pop(name, None)
-    return kept
-
-
-class _Slots:
+class Slots:
     """VIF and MIF slots, allocated in first-use order (SPEC 5.2, 14.2).
 
     An interface that keeps its ifindex keeps its installed slots, also when
@@ -197,23 +152,24 @@ class _Slots:
     so adds never wait for deletes.
     """
 
-    def __init__(self, out: Plan, interfaces: Mapping[str, Interface],
-                 installed: Iterable[Vif]) -> None:
-        self.out = out
-        self.interfaces = interfaces
-        installed = list(installed)
-        self.by_name = {(v.family, v.name): v for v in installed}
-        self.by_index = {(v.family, v.ifindex): v for v in installed}
-        self.held = {(v.family, v.vif) for v in installed}
+    def __init__(self, vifs: dict[tuple[int, str], Vif], installed: Iterable[Vif]) -> None:
+        self.vifs = vifs  # the plan's: (family, name) -> Vif
         self.taken: set[tuple[int, int]] = set()
+        self.installed(installed)
 
-    def ensure(self, name: str, threshold: int, rule: Mroute | Phyint | Mgroup) -> bool:
-        """Give name a VIF and a MIF (both or neither); False if the table is full."""
-        if (4, name) in self.out.vifs:
-            return True
-        index = self.interfaces[name].index
+    def installed(self, vifs: Iterable[Vif]) -> None:
+        """What the kernel holds now (before an edit is planned)."""
+        vifs = list(vifs)
+        self.by_name = {(v.family, v.name): v for v in vifs}
+        self.by_index = {(v.family, v.ifindex): v for v in vifs}
+        self.held = {(v.family, v.vif) for v in vifs}
+
+    def ensure(self, name: str, index: int, threshold: int) -> list[str]:
+        """Give name a VIF and a MIF (both or neither); the reasons if not."""
+        if (4, name) in self.vifs:
+            return []
         pair: list[Vif] = []
-        full = False
+        full = []
         for family in FAMILIES:
             old = self.by_name.get((family, name))
             if old is None or old.ifindex != index:
@@ -221,80 +177,424 @@ class _Slots:
             if old is not None and (family, old.vif) not in self.taken:
                 pair.append(replace(old, name=name))
                 continue
-            free = [s for s in range(MAXVIFS)
-                    if (family, s) not in self.taken and (family, s) not in self.held]
-            if not free:
-                kind = "VIFs" if family == 4 else "MIFs"
-                self.out.diagnostics.append(Diagnostic(
-                    f"Not enough available {kind} to create {name}", rule.where, error=False))
-                full = True
+            free = next((s for s in range(MAXVIFS) if (family, s) not in self.taken
+                         and (family, s) not in self.held), None)
+            if free is None:
+                full.append(f"Not enough available {'VIFs' if family == 4 else 'MIFs'}"
+                            f" to create {name}")
                 continue
-            pair.append(Vif(family, free[0], name, index, threshold))
+            pair.append(Vif(family, free, name, index, threshold))
         if full:
-            return False
+            return full
         for vif in pair:
-            self.out.vifs[(vif.family, name)] = vif
+            self.vifs[(vif.family, name)] = vif
             self.taken.add((vif.family, vif.vif))
-        return True
+        return []
 
-    def release(self, name: str) -> None:
+    def release(self, name: str) -> bool:
+        gone = False
         for family in FAMILIES:
-            vif = self.out.vifs.pop((family, name), None)
+            vif = self.vifs.pop((family, name), None)
             if vif is not None:
                 self.taken.discard((family, vif.vif))
+                gone = True
+        return gone
 
 
-def _add_route(out: Plan, route: Route) -> None:
-    rule = route.rule
-    family = rule.family
-    assert rule.source is not None  # only (S,G) reach the kernel from the config
-    key = MfcKey(family, rule.source.packed, rule.group.packed)
-    iif = out.vifs[(family, route.iif)].vif
-    oifs = {out.vifs[(family, n)].vif: ttl for n, ttl in route.oifs.items()}
-    names = dict(route.oifs)
-    old = out.mfc.get(key)
-    if old is not None:
-        if old.iif != iif:
-            out.diagnostics.append(Diagnostic(
-                f"mroute: ({rule.source}, {rule.group}) from {route.iif} conflicts with the"
-                f" route from {old.iif_name} at {old.where}; the kernel holds one inbound"
-                " interface per (S,G), keeping the first", rule.where, error=False))
+class Plan:
+    """The kernel state and the rules the configuration (with smcroutectl's
+    edits) stands for, kept by folding its lines in order."""
+
+    def __init__(self, interfaces: Mapping[str, Interface], installed: VifTable | Iterable[Vif]
+                 = (), default_enable: bool = True) -> None:
+        self.interfaces = interfaces
+        self.default_enable = default_enable
+        self.vifs: dict[tuple[int, str], Vif] = {}
+        self.slots = Slots(self.vifs, installed.values() if isinstance(installed, Mapping)
+                           else installed)
+        self.rules: dict[RuleKey, Rule] = {}  # in configuration order
+        self.template_rules: dict[RuleKey, Rule] = {}  # the (*,G) and range ones
+        self.joins: dict[GroupKey, Join] = {}
+        self.mfc: dict[MfcKey, Mfc] = {}  # the configured (S,G) entries
+        self.memberships: dict[MemberKey, Membership] = {}
+        self.pending: list[Pending] = []
+        self.diagnostics: list[Diagnostic] = []
+        self.mrdisc: set[str] = set()  # interfaces with mrdisc on
+        self.thresholds: dict[str, int] = {}
+        self.changes = Changes()
+        self._seq = itertools.count()
+        self._contrib: dict[MfcKey, list[Route]] = {}  # (S,G) routes per entry, in rule order
+        self._templates: dict[tuple[int, str], list[Route]] = {}  # per inbound, in rule order
+        # what holds each interface's VIF: ("mroute", RuleKey), ("mgroup",
+        # GroupKey) or ("phyint", n); a VIF goes when nothing holds it
+        self._holders: dict[str, set[tuple[str, object]]] = {}
+        self._member_by: dict[MemberKey, list[GroupKey]] = {}
+        # Interfaces resolved per (inbound, outbound) patterns: large configs
+        # repeat them line after line. Valid until slots or thresholds change.
+        self._known: dict[tuple[str, tuple[str, ...]],
+                          tuple[list[str], list[tuple[str, str]], tuple[str, ...]]] = {}
+
+    # -- views ----------------------------------------------------------------
+
+    @property
+    def templates(self) -> list[Route]:
+        """(*,G) and range rules, per inbound interface, in configuration order."""
+        return [r for rule in self.template_rules.values() for r in rule.routes.values()]
+
+    @property
+    def ssm(self) -> list[Route]:
+        return [r for rule in self.rules.values() if rule.rule.is_ssm
+                for r in rule.routes.values()]
+
+    @property
+    def groups(self) -> list[Mgroup]:
+        return [j.rule for j in self.joins.values()]
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.error]
+
+    def templates_at(self, family: int, iif: str) -> list[Route]:
+        """The templates for traffic arriving on iif, first match first."""
+        return self._templates.get((family, iif), [])
+
+    def match(self, family: int, iif: str, source: bytes, group: bytes) -> Route | None:
+        """The first template for this inbound interface covering (S,G)."""
+        candidates = self._templates.get((family, iif))
+        if not candidates:
+            return None
+        s = int.from_bytes(source, "big")
+        g = int.from_bytes(group, "big")
+        for route in candidates:
+            if route.covers(s, g):
+                return route
+        return None
+
+    def take_changes(self) -> Changes:
+        changes, self.changes = self.changes, Changes()
+        return changes
+
+    # -- the fold -------------------------------------------------------------
+
+    def fold(self, directives: Iterable[Directive]) -> Plan:
+        for d in directives:
+            self.add(d)
+        return self
+
+    def add(self, d: Directive) -> None:
+        """Read one more line."""
+        if isinstance(d, Mroute):
+            self._mroute(d)
+        elif isinstance(d, Mgroup):
+            self._mgroup(d)
+        else:
+            self._phyint(d)
+
+    def _pend(self, p: Pending) -> None:
+        self.pending.append(p)
+        self.changes.pending.append(p)
+
+    def _note(self, message: str, d: Directive, kind: str) -> None:
+        self.diagnostics.append(Diagnostic(message, d.where, kind))
+
+    def _usable(self, name: str, role: str, d: Directive) -> bool:
+        """Give name its VIFs; False (said why) if it cannot have them."""
+        iface = self.interfaces[name]
+        if not iface.multicast:
+            self._note(f"{role} {name} is not multicast capable", d, INTERFACE)
+            return False
+        full = self.slots.ensure(name, iface.index, self.thresholds.get(name, 1))
+        for why in full:
+            self._note(why, d, INTERFACE)
+        return not full
+
+    def _hold(self, name: str, holder: tuple[str, object]) -> None:
+        self._holders.setdefault(name, set()).add(holder)
+
+    def _unhold(self, name: str, holder: tuple[str, object]) -> None:
+        holders = self._holders.get(name)
+        if holders is None:
             return
-        oifs = {**dict(old.oifs), **oifs}
-        names = {**dict.fromkeys(old.oif_names), **names}
-    out.mfc[key] = Mfc(key, iif, tuple(sorted(oifs.items())), route.iif,
-                       tuple(n for n in names), old.where if old else rule.where)
+        holders.discard(holder)
+        if not holders:
+            del self._holders[name]
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        if self.slots.release(name):
+            self._known.clear()
+            self.changes.inbound.update((f, name) for f in FAMILIES)
+
+    def _multicast(self, names: list[str]) -> bool:
+        """Does any of these interfaces exist with the MULTICAST flag?"""
+        return any(self.interfaces[n].multicast for n in names)
+
+    def _phyint(self, d: Phyint) -> None:
+        self._known.clear()
+        names = match(d.pattern, self.interfaces)
+        if not names:
+            self._note(f"phyint {d.pattern} does not exist (yet?) on this system", d, INTERFACE)
+        enable = self.default_enable if d.enable is None else d.enable
+        holder = ("phyint", next(self._seq))  # phyint lines are never edited
+        for name in names:
+            if d.threshold is not None:
+                self.thresholds[name] = d.threshold
+            if not enable:
+                self.mrdisc.discard(name)
+                self._prune(name)
+            elif self._usable(name, "phyint", d):
+                self._hold(name, holder)
+                if d.mrdisc:
+                    self.mrdisc.add(name)
+                else:
+                    self.mrdisc.discard(name)
+
+    def _prune(self, name: str) -> None:
+        """phyint NAME disable: its VIFs go; routes from it go, it leaves
+        every OIF list (joins stay: they need no VIF)."""
+        for kind, key in self._holders.pop(name, ()):
+            if kind == "mgroup" and (join := self.joins.get(key)) is not None:
+                join.names.discard(name)
+            rule = self.rules.get(key) if kind == "mroute" else None
+            if rule is None:
+                continue
+            rule.held.pop(name, None)
+            for route in list(rule.routes.values()):
+                if route.iif == name:
+                    del rule.routes[route.iif]
+                    self._withdraw(route)
+                elif name in route.oifs:
+                    del route.oifs[name]
+                    del route.via[name]
+                    self._changed(route)
+        self._release(name)
+
+    def _resolve(self, d: Mroute
+                 ) -> tuple[list[str], list[tuple[str, str]], tuple[str, ...]] | None:
+        """(inbound names, (outbound name, pattern) pairs, missing patterns);
+        None: the inbound interface is missing (the line is pending)."""
+        said = len(self.diagnostics)
+        iifs = match(d.iif, self.interfaces)
+        if not self._multicast(iifs):  # SPEC 8.2: wait for the MULTICAST flag too
+            self._pend(Pending(d, (d.iif,), inbound=True))
+            return None
+        iifs = [n for n in iifs if self._usable(n, "mroute: inbound", d)]
+        pairs: list[tuple[str, str]] = []
+        missing: list[str] = []
+        for pattern in d.oifs:
+            names = match(pattern, self.interfaces)
+            if not self._multicast(names):
+                missing.append(pattern)
+            pairs += [(n, pattern) for n in names if self._usable(n, "mroute: outbound", d)]
+        resolved = iifs, pairs, tuple(missing)
+        if len(self.diagnostics) == said:
+            self._known[(d.iif, d.oifs)] = resolved
+        return resolved
+
+    def _mroute(self, d: Mroute) -> None:
+        resolved = self._known.get((d.iif, d.oifs)) or self._resolve(d)
+        if resolved is None:
+            return
+        iifs, pairs, missing = resolved
+        if missing:
+            self._pend(Pending(d, missing))
+        key = rule_key(d)
+        rule = self.rules.get(key)
+        if rule is None:
+            rule = self.rules[key] = Rule(next(self._seq), d)
+            if not d.is_ssm:
+                self.template_rules[key] = rule
+        else:  # an equal line: its OIFs join the rule's (SPEC 5.4)
+            rule.rule = replace(rule.rule, oifs=rule.rule.oifs + tuple(
+                o for o in d.oifs if o not in rule.rule.oifs))
+        holder = ("mroute", key)
+        for name, pattern in [*((n, "") for n in iifs), *pairs]:
+            rule.held.setdefault(name, set()).add(pattern)
+            self._hold(name, holder)
+        wild = d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)
+        thresholds = self.thresholds
+        for iif in iifs:
+            route = rule.routes.get(iif)
+            new = route is None
+            if route is None:
+                route = rule.routes[iif] = Route(rule, iif)
+            for name, pattern in pairs:
+                route.oifs[name] = thresholds.get(name, 1)  # a later line's TTL wins
+                route.via.setdefault(name, set()).add(pattern)
+                if name == iif and not wild:
+                    self._note("mroute: Same outbound interface (OIF) as inbound (IIF) may"
+                               " cause routing loops.", d, NOTE)
+            if new:
+                self._insert(route)
+            else:
+                self._changed(route)
+
+    def _mgroup(self, d: Mgroup) -> None:
+        if error := groups.too_large(d):
+            self.diagnostics.append(Diagnostic(error, d.where))
+            return
+        names = match(d.iif, self.interfaces)
+        if not self._multicast(names):
+            self._pend(Pending(d, (d.iif,), inbound=True))
+            return
+        key = group_key(d)
+        if key in self.joins:
+            self.diagnostics.append(Diagnostic(
+                f"Already joined {groups.text(d)} on {d.iif}, line ignored", d.where))
+            return
+        join = self.joins[key] = Join(d)
+        for name in names:
+            if not self._usable(name, "mgroup: interface", d):
+                continue
+            self._hold(name, ("mgroup", key))
+            join.names.add(name)
+            for m in groups.expand(d, name, self.interfaces[name].index):
+                if m.key in join.members:
+                    continue
+                join.members[m.key] = m
+                holders = self._member_by.setdefault(m.key, [])
+                holders.append(key)
+                if len(holders) == 1:
+                    self.memberships[m.key] = m
+                    self.changes.memberships.add(m.key)
+
+    # -- (S,G) entries and templates ----------------------------------------------
+
+    def _insert(self, route: Route) -> None:
+        """A new route of a rule: into the (S,G) entry or the templates."""
+        if route.rule.is_ssm:
+            key = self._sg(route)
+            routes = self._contrib.setdefault(key, [])
+            bisect.insort(routes, route, key=lambda r: r.seq)
+            first = routes[0]
+            if first is not route and first.iif != route.iif:
+                rule = route.rule
+                self._note(f"mroute: ({rule.source}, {rule.group}) from {route.iif} conflicts"
+                           f" with the route from {first.iif} at {first.rule.where}; the"
+                           " kernel holds one inbound interface per (S,G), keeping the first",
+                           rule, INTERFACE)
+            self._merge(key)
+        else:
+            at = self._templates.setdefault((route.family, route.iif), [])
+            bisect.insort(at, route, key=lambda r: r.seq)
+            self.changes.inbound.add((route.family, route.iif))
+
+    def _withdraw(self, route: Route) -> None:
+        """A route of a rule is gone."""
+        if route.rule.is_ssm:
+            key = self._sg(route)
+            routes = self._contrib[key]
+            routes.remove(route)
+            if not routes:
+                del self._contrib[key]
+            self._merge(key)
+        else:
+            self._templates[(route.family, route.iif)].remove(route)
+            self.changes.inbound.add((route.family, route.iif))
+
+    def _changed(self, route: Route) -> None:
+        """A route's OIFs changed."""
+        if route.rule.is_ssm:
+            self._merge(self._sg(route))
+        else:
+            self.changes.inbound.add((route.family, route.iif))
+
+    @staticmethod
+    def _sg(route: Route) -> MfcKey:
+        rule = route.rule
+        assert rule.source is not None  # is_ssm
+        return MfcKey(rule.family, rule.source.packed, rule.group.packed)
+
+    def _merge(self, key: MfcKey) -> None:
+        """The kernel entry for key: the first route's inbound interface, the
+        OIFs of every route of it from there (later TTLs win)."""
+        self.changes.mfc.add(key)
+        routes = self._contrib.get(key)
+        if not routes:
+            self.mfc.pop(key, None)
+            return
+        first = routes[0]
+        family = key.family
+        vifs = self.vifs
+        oifs: dict[int, int] = {}
+        names: dict[int, str] = {}
+        for route in routes:
+            if route.iif == first.iif:
+                for name, ttl in route.oifs.items():
+                    vif = vifs[(family, name)].vif
+                    oifs[vif] = ttl
+                    names[vif] = name
+        ordered = tuple(sorted(oifs.items()))
+        self.mfc[key] = Mfc(key, vifs[(family, first.iif)].vif, ordered, first.iif,
+                            tuple(names[vif] for vif, _ in ordered), first.rule.where)
+
+    # -- edits ------------------------------------------------------------------
+
+    def remove_rule(self, key: RuleKey) -> None:
+        """Take a route rule out, as if none of its lines had been read."""
+        self.pending = [p for p in self.pending
+                        if not (isinstance(p.rule, Mroute) and rule_key(p.rule) == key)]
+        rule = self.rules.pop(key, None)
+        if rule is None:
+            return
+        self.template_rules.pop(key, None)
+        for route in rule.routes.values():
+            self._withdraw(route)
+        for name in rule.held:
+            self._unhold(name, ("mroute", key))
+
+    def remove_oifs(self, key: RuleKey, patterns: Iterable[str]) -> None:
+        """Take some OIF patterns out of a rule (as if its lines never named them)."""
+        patterns = set(patterns)
+        kept = []
+        for p in self.pending:
+            if isinstance(p.rule, Mroute) and rule_key(p.rule) == key:
+                line = replace(p.rule, oifs=tuple(o for o in p.rule.oifs if o not in patterns))
+                missing = p.missing if p.inbound else tuple(
+                    m for m in p.missing if m not in patterns)
+                if not missing:
+                    continue
+                p = Pending(line, missing, p.inbound)
+            kept.append(p)
+        self.pending = kept
+        rule = self.rules.get(key)
+        if rule is None:
+            return
+        rule.rule = replace(rule.rule, oifs=tuple(o for o in rule.rule.oifs if o not in patterns))
+        for route in rule.routes.values():
+            for name in [n for n, via in route.via.items() if via <= patterns]:
+                del route.via[name]
+                del route.oifs[name]
+            for via in route.via.values():
+                via -= patterns
+            self._changed(route)
+        for name, via in list(rule.held.items()):
+            via -= patterns
+            if not via:
+                del rule.held[name]
+                self._unhold(name, ("mroute", key))
+
+    def remove_join(self, key: GroupKey) -> None:
+        """Take an mgroup rule out; memberships it shared with another stay."""
+        self.pending = [p for p in self.pending
+                        if not (isinstance(p.rule, Mgroup) and group_key(p.rule) == key)]
+        join = self.joins.pop(key, None)
+        if join is None:
+            return
+        for mkey in join.members:
+            holders = self._member_by[mkey]
+            holders.remove(key)
+            self.changes.memberships.add(mkey)
+            if holders:
+                self.memberships[mkey] = self.joins[holders[0]].members[mkey]
+            else:
+                del self._member_by[mkey]
+                del self.memberships[mkey]
+        for name in join.names:
+            self._unhold(name, ("mgroup", key))
 
 
-@dataclass(frozen=True)
-class Changes:
-    """Helper operations, in the order they must run.
-
-    MFC deletes come before adds so a reload near the MFC cap does not
-    overshoot it; VIFs are added first and deleted last.
-    """
-
-    add_vifs: tuple[Vif, ...] = ()
-    del_mfc: tuple[Mfc, ...] = ()
-    set_mfc: tuple[Mfc, ...] = ()
-    del_vifs: tuple[Vif, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.add_vifs or self.set_mfc or self.del_mfc or self.del_vifs)
-
-
-def _identity(v: Vif) -> tuple[int, int, int]:
-    """What the kernel knows of a VIF; the name is ours."""
-    return v.family, v.vif, v.ifindex
-
-
-def diff(installed_vifs: VifTable, installed_mfc: Mapping[MfcKey, Mfc], target: Plan) -> Changes:
-    """What to do so the kernel holds exactly target, and nothing else changes."""
-    have = {_identity(v): v for v in installed_vifs.values()}
-    want = {_identity(v): v for v in target.vifs.values()}
-    set_mfc = [m for k, m in target.mfc.items()
-               if k not in installed_mfc or installed_mfc[k].kernel != m.kernel]
-    del_mfc = [m for k, m in installed_mfc.items() if k not in target.mfc]
-    return Changes(add_vifs=tuple(v for k, v in want.items() if k not in have),
-                   del_mfc=tuple(del_mfc), set_mfc=tuple(set_mfc),
-                   del_vifs=tuple(v for k, v in have.items() if k not in want))
+def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTable | Iterable[Vif]
+         = (), default_enable: bool = True) -> Plan:
+    """The fold of a whole configuration, keeping installed VIF slots stable."""
+    return Plan(interfaces, installed, default_enable).fold(config.directives)

@@ -1,47 +1,94 @@
-"""Learned (*,G) routes and stop filters: upcall decisions, budgets, expiry.
+"""Learned (*,G) routes and stop filters: upcall decisions, budgets, expiry,
+and the books of the helper's fast path. Part of the daemon core: no I/O,
+the clock is passed in.
 
-No asyncio and no I/O: the controller feeds upcalls, counters and the
-clock in, and sends the resulting MFC changes to the helper.
+A flow is an (S,G) the kernel asked about on one inbound interface: the
+first template (source-less or range rule, config order) that covers it
+gives it that rule's OIFs (a learned route); otherwise it gets a stop
+filter, an entry without OIFs, so the kernel stops asking. A flow is in
+the table from the moment it is decided (its add_mfc may still be in
+flight: the core's ledger knows); failed() takes a refused one back.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from smcroute.ipc.helper import Template, Upcall
-from smcroute.unprivileged import learn
 from smcroute.unprivileged.budget import Throttle, TokenBucket
-from smcroute.unprivileged.engine import Plan, Route
-from smcroute.unprivileged.learn import Flow, Templates
-from smcroute.unprivileged.model import Mfc, MfcKey, Mroute, Vif, addr
+from smcroute.unprivileged.engine import Plan, Route, RuleKey
+from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr
 
-if TYPE_CHECKING:
-    from smcroute.unprivileged.log import Logger
+FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
 
 
 @dataclass(frozen=True)
-class Decision:
-    flow: Flow
-    mfc: Mfc
-    moved_from: str | None = None  # WRONGVIF: the inbound interface it had
+class Flow:
+    key: MfcKey
+    iif: str  # the interface it arrived on
+    entry: Mfc  # what the kernel holds for it
+    rule: RuleKey | None = None  # the template that gave a learned route its OIFs
+    budget: bool = False  # a stop filter because a budget was exhausted: it expires
 
     @property
-    def rule(self) -> Mroute | None:
-        """The template that matched; None for a stop filter."""
-        return self.flow.rule
+    def stop(self) -> bool:
+        return self.rule is None
 
 
-@dataclass
-class Activity:
-    created: float
-    changed: float
-    count: int | None = None  # valid packets (packets - wrong_if) at the last sample
+@dataclass(frozen=True)
+class FastTemplate:
+    """A template as the helper's fast path got it: the flows it installs
+    are booked with this, whatever the rules are by the time we hear."""
+
+    rule: RuleKey
+    iif: str
+    oifs: tuple[tuple[str, int], ...]
+    where: Where
 
 
-FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
+def entry(key: MfcKey, iif: str, oifs: Iterable[tuple[str, int]], where: Where | None,
+          vifs: Mapping[tuple[int, str], Vif]) -> Mfc:
+    """The MFC entry of a flow: OIFs (name, ttl) in VIF order."""
+    family = key.family
+    pairs = sorted((vifs[(family, name)].vif, ttl, name) for name, ttl in oifs)
+    return Mfc(key, vifs[(family, iif)].vif, tuple((v, t) for v, t, _ in pairs), iif,
+               tuple(n for _, _, n in pairs), where)
+
+
+def _wire_net(prefix: Prefix | None, family: int) -> tuple[bytes, int]:
+    size = 4 if family == 4 else 16
+    if prefix is None:
+        return bytes(size), 0
+    bits = prefix.max_length
+    mask = ((1 << prefix.length) - 1) << (bits - prefix.length)
+    return (int(prefix.address) & mask).to_bytes(size, "big"), prefix.length
+
+
+def fast_templates(plan: Plan, most: int) -> tuple[tuple[FastTemplate, ...],
+                                                   tuple[Template, ...]]:
+    """The templates for the helper's fast path, in order: the first `most`
+    (or up to the first whose interfaces have no VIF): a prefix of the list
+    keeps first-match order, as the controller decides what it leaves out."""
+    kept: list[FastTemplate] = []
+    wire: list[Template] = []
+    vifs = plan.vifs
+    for rule in plan.template_rules.values():
+        for route in rule.routes.values():
+            if len(kept) >= most:
+                return tuple(kept), tuple(wire)
+            family = route.family
+            try:
+                iif = vifs[(family, route.iif)].vif
+                oifs = tuple(sorted((vifs[(family, n)].vif, ttl) for n, ttl in route.oifs.items()))
+            except KeyError:
+                return tuple(kept), tuple(wire)
+            kept.append(FastTemplate(rule.key, route.iif, tuple(route.oifs.items()),
+                                     rule.rule.where))
+            wire.append(Template(family, iif, *_wire_net(route.rule.source, family),
+                                 *_wire_net(route.rule.group, family), oifs))
+    return tuple(kept), tuple(wire)
 
 
 @dataclass
@@ -52,7 +99,7 @@ class FastBooks:
     reserve: it counts against the budgets like an installed flow."""
 
     generation: int
-    routes: list[Route]
+    routes: tuple[FastTemplate, ...]
     wire: tuple[Template, ...]
     used: list[int] = field(default_factory=list)
     limits: list[int] = field(default_factory=list)
@@ -70,70 +117,121 @@ class Limits:
     budget_stop_lifetime: float = 60.0
 
 
-def _text(key: MfcKey) -> tuple[str, str]:
-    return addr(key.source), addr(key.group)
+@dataclass
+class Activity:
+    created: float
+    changed: float
+    count: int | None = None  # valid packets (packets - wrong_if) at the last sample
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A flow decided from an upcall; prior is what it replaces (WRONGVIF)."""
+
+    flow: Flow
+    prior: Flow | None = None
 
 
 @dataclass
+class Said:
+    """What the flow table has to say: (level, text) lines, throttled."""
+
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, level: str, text: str) -> None:
+        self.lines.append((level, text))
+
+
 class FlowTable:
-    log: Logger
-    limits: Limits = field(default_factory=Limits)
-    verbose: bool = False  # per-upcall info lines (formatting them costs)
-    flows: dict[MfcKey, Flow] = field(default_factory=dict)
-    activity: dict[MfcKey, Activity] = field(default_factory=dict)
-    templates: Templates = field(default_factory=lambda: Templates([]))
-    vifs_by_name: dict[tuple[int, str], Vif] = field(default_factory=dict)
-    throttle: Throttle = field(default_factory=Throttle)
-    _next: dict[MfcKey, Flow] = field(default_factory=dict)
-    # Budget bookkeeping, kept incrementally (a flood must not cost O(flows)
-    # per upcall), counting installed and in-flight decisions alike.
-    learned: Counter[Mroute] = field(default_factory=Counter)  # learned routes per rule
-    total: int = 0  # learned routes
-    stops: int = 0  # stop filters
-    inflight: dict[MfcKey, Decision] = field(default_factory=dict)
-    # the helper's fast path (fast_reset)
-    fast: FastBooks = field(init=False)
-    reserved: Counter[Mroute] = field(init=False)  # reserves per rule
-    reserved_total: int = field(init=False)
-
-    def __post_init__(self) -> None:
+    def __init__(self, limits: Limits | None = None, verbose: bool = False) -> None:
+        self.limits = limits or Limits()
+        self.verbose = verbose  # per-upcall info lines (formatting them costs)
+        self.flows: dict[MfcKey, Flow] = {}
+        self.activity: dict[MfcKey, Activity] = {}
+        self.throttle = Throttle()
         self.bucket = TokenBucket(self.limits.upcall_rate, self.limits.upcall_rate)
-        self.fast_reset(0, [], ())
+        self.said = Said()
+        # Budget bookkeeping, kept incrementally (a flood must not cost
+        # O(flows) per upcall).
+        self.learned: Counter[RuleKey] = Counter()  # learned routes per rule
+        self.total = 0  # learned routes
+        self.stops = 0  # stop filters
+        self._at: dict[tuple[int, str], set[MfcKey]] = {}  # flows per inbound interface
+        self.fast_reset(0, (), ())
 
-    def _count(self, rule: Mroute | None, step: int) -> None:
-        if rule is None:
-            self.stops += step
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def __iter__(self) -> Iterator[MfcKey]:
+        return iter(self.flows)
+
+    def get(self, key: MfcKey) -> Flow | None:
+        return self.flows.get(key)
+
+    # -- the table --------------------------------------------------------------
+
+    def _put(self, flow: Flow, now: float | None = None) -> None:
+        old = self.flows.get(flow.key)
+        if old is not None:
+            self._take(old)
+        self.flows[flow.key] = flow
+        self._at.setdefault((flow.key.family, flow.iif), set()).add(flow.key)
+        if flow.rule is None:
+            self.stops += 1
         else:
-            self.learned[rule] += step
-            self.total += step
+            self.learned[flow.rule] += 1
+            self.total += 1
+        if now is not None:
+            self.activity[flow.key] = Activity(now, now)
 
-    # -- plans (startup, reload) -------------------------------------------
+    def _take(self, flow: Flow) -> None:
+        """Uncount a flow (the caller removes or replaces it)."""
+        at = self._at.get((flow.key.family, flow.iif))
+        if at is not None:
+            at.discard(flow.key)
+        if flow.rule is None:
+            self.stops -= 1
+        else:
+            self.learned[flow.rule] -= 1
+            if not self.learned[flow.rule]:
+                del self.learned[flow.rule]
+            self.total -= 1
 
-    def replan(self, target: Plan) -> None:
-        """Carry the flows into target (adds their MFC entries to it)."""
-        self._next = learn.replan(target, self.flows, self.limits.max_learned,
-                                  self.limits.max_per_rule)
-        self._target = target
+    def remove(self, keys: Iterable[MfcKey]) -> list[Flow]:
+        """Forget these flows (expired, flushed, or their VIF is gone)."""
+        gone = []
+        for key in keys:
+            flow = self.flows.pop(key, None)
+            if flow is not None:
+                self._take(flow)
+                gone.append(flow)
+            self.activity.pop(key, None)
+        return gone
 
-    def adopt(self, installed: Mapping[MfcKey, Mfc], now: float) -> None:
-        """After the kernel took target: keep what it holds."""
-        self.templates = Templates(self._target.templates)
-        self.vifs_by_name = dict(self._target.vifs)
-        self.flows = {k: f for k, f in self._next.items() if k in installed}
-        self.activity = {k: self.activity.get(k) or Activity(now, now) for k in self.flows}
-        self.learned = Counter(f.rule for f in self.flows.values() if f.rule is not None)
-        self.total = sum(self.learned.values())
-        self.stops = len(self.flows) - self.total
-        for d in self.inflight.values():
-            self._count(d.rule, 1)
+    def failed(self, d: Decision) -> bool:
+        """The kernel refused a decision's entry: back to what was there.
+        False if the flow has been replaced or removed since."""
+        if self.flows.get(d.flow.key) != d.flow:  # (a rematch may have made an equal one)
+            return False
+        if d.prior is None:
+            self.remove([d.flow.key])
+        else:
+            self._put(d.prior)
+        return True
 
-    # -- upcalls -----------------------------------------------------------
+    # -- upcalls ----------------------------------------------------------------
 
-    def decide(self, upcalls: Iterable[Upcall], now: float,
-               vif_name: Callable[[int, int], str | None],
+    def _room(self, rule: RuleKey) -> bool:
+        """May one more learned route of rule be added (reserves count)?"""
+        limits = self.limits
+        return (self.total + self.reserved_total < limits.max_learned
+                and self.learned[rule] + self.reserved[rule] < limits.max_per_rule)
+
+    def decide(self, upcalls: Iterable[Upcall], now: float, plan: Plan,
+               vif_name: Mapping[tuple[int, int], str],
                installed: Mapping[MfcKey, Mfc]) -> list[Decision]:
         """What to install for a batch of upcalls (duplicates dropped). The
-        decisions count against the budgets until installed() or abandoned()."""
+        decided flows are in the table at once (counted against the budgets)."""
         out: list[Decision] = []
         seen: set[MfcKey] = set()
         for u in upcalls:
@@ -141,21 +239,19 @@ class FlowTable:
             if key in seen:
                 continue
             seen.add(key)
-            iif = vif_name(u.family, u.vif)
+            iif = vif_name.get((u.family, u.vif))
             if iif is None:
                 self._quiet("novif", f"No matching interface for VIF {u.vif}, cannot handle"
                                      f" {u.kind} upcalls", now)
                 continue
             if u.kind == "wrongvif":
-                moved = self._wrongvif(key, iif, installed)
-                if moved:
-                    self._count(moved.rule, 1)
-                    self.inflight[key] = moved
-                    out.append(moved)
+                if (d := self._wrongvif(key, iif, plan)) is not None:
+                    self._put(d.flow, now)
+                    out.append(d)
                 continue
             if u.kind != "nocache":
-                s, g = _text(key)
-                self._quiet("pim", f"Receiving PIM register data from {s}, group {g}", now)
+                self._quiet("pim", f"Receiving PIM register data from {addr(key.source)},"
+                                   f" group {addr(key.group)}", now)
                 continue
             if key in installed:
                 continue  # an upcall that was queued before we installed it
@@ -163,12 +259,9 @@ class FlowTable:
                 self._quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
                                     " new flows ignored for now", now)
                 continue
-            route = self.templates.match(key.family, iif, key.source, key.group)
+            route = plan.match(key.family, iif, key.source, key.group)
             budget = False
-            if route is not None and (
-                    self.total + self.reserved_total >= self.limits.max_learned
-                    or self.learned[route.rule] + self.reserved[route.rule]
-                    >= self.limits.max_per_rule):
+            if route is not None and not self._room(route.owner.key):
                 self._quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
                                        " new flows get expiring stop filters", now)
                 route, budget = None, True
@@ -176,25 +269,94 @@ class FlowTable:
                 self._quiet("stops", f"stop filter budget of {self.limits.max_learned}"
                                      " exhausted: new flows ignored for now", now)
                 continue
-            flow = learn.Flow(key, iif, stop=route is None, budget=budget,
-                              rule=route.rule if route else None)
             if route is None and self.verbose and not budget:
-                s, g = _text(key)
-                self.log.info(f"Multicast from {s}, group {g}, on {iif} does not match"
-                              " any (*,G) rule")
-            d = Decision(flow, learn.entry(flow, route, self.vifs_by_name))
-            self._count(d.rule, 1)
-            self.inflight[key] = d
-            out.append(d)
+                self.said("info", f"Multicast from {addr(key.source)}, group {addr(key.group)},"
+                                  f" on {iif} does not match any (*,G) rule")
+            flow = self._flow(key, iif, route, budget, plan.vifs)
+            self._put(flow, now)
+            out.append(Decision(flow))
         return out
 
-    # -- the helper's fast path --------------------------------------------
+    @staticmethod
+    def _flow(key: MfcKey, iif: str, route: Route | None, budget: bool,
+              vifs: Mapping[tuple[int, str], Vif]) -> Flow:
+        if route is None:
+            return Flow(key, iif, entry(key, iif, (), None, vifs), None, budget)
+        return Flow(key, iif, entry(key, iif, route.oifs.items(), route.rule.where, vifs),
+                    route.owner.key)
 
-    def fast_reset(self, generation: int, routes: list[Route],
+    def _wrongvif(self, key: MfcKey, iif: str, plan: Plan) -> Decision | None:
+        """Traffic of a learned (S,G) arrives on another interface: move it
+        there if a rule allows it. Configured (S,G) routes are not moved."""
+        flow = self.flows.get(key)
+        word = "WRONGVIF" if key.family == 4 else "WRONGMIF"
+        s, g = addr(key.source), addr(key.group)
+        if flow is None or flow.iif == iif:
+            if self.verbose:
+                self.said("info", f"Multicast from {s}, group {g} on wrong VIF, iface {iif}"
+                                  f" ({word}), not a learned route: left alone")
+            return None
+        route = plan.match(key.family, iif, key.source, key.group)
+        if route is None:
+            if self.verbose:
+                self.said("info", f"Multicast from {s}, group {g} on wrong VIF, iface {iif}")
+            return None
+        return Decision(self._flow(key, iif, route, False, plan.vifs), prior=flow)
+
+    def _quiet(self, what: str, text: str, now: float) -> None:
+        if n := self.throttle.hit(what, now):
+            self.said("warning", text + (f" ({n} times)" if n > 1 else ""))
+
+    # -- rules and interfaces change ----------------------------------------------
+
+    def rematch(self, plan: Plan, keys: Iterable[MfcKey] | None = None) -> set[MfcKey]:
+        """Carry flows (all, or these) over to the plan as it is now; returns
+        the keys whose entry changed or went. A configured (S,G) route wins
+        over a flow with the same key; a flow whose VIF is gone goes; a
+        learned route whose rule is gone goes (new traffic asks again); a
+        stop filter that a rule covers becomes a learned route within the
+        budgets (learned routes first, so they keep their place; what does
+        not fit becomes an expiring budget stop filter); other stop filters
+        stay."""
+        chosen = list(self.flows.values() if keys is None
+                      else (self.flows[k] for k in keys if k in self.flows))
+        for flow in chosen:
+            self._take(flow)
+            del self.flows[flow.key]
+        changed: set[MfcKey] = set()
+        for flow in sorted(chosen, key=lambda f: f.stop):  # learned routes first
+            key = flow.key
+            new = None
+            if key not in plan.mfc and (key.family, flow.iif) in plan.vifs:
+                route = plan.match(key.family, flow.iif, key.source, key.group)
+                if route is not None or flow.stop:
+                    budget = flow.budget and flow.stop
+                    if route is not None and (budget or not self._room(route.owner.key)):
+                        route, budget = None, True
+                    new = self._flow(key, flow.iif, route, budget, plan.vifs)
+            if new is None:
+                self.activity.pop(key, None)
+                changed.add(key)
+                continue
+            self._put(new)
+            if new != flow:
+                changed.add(key)
+        return changed
+
+    def at(self, inbound: Iterable[tuple[int, str]]) -> set[MfcKey]:
+        """The flows arriving on these (family, interface)s."""
+        out: set[MfcKey] = set()
+        for where in inbound:
+            out |= self._at.get(where, set())
+        return out
+
+    # -- the helper's fast path ---------------------------------------------------
+
+    def fast_reset(self, generation: int, routes: tuple[FastTemplate, ...],
                    wire: tuple[Template, ...]) -> None:
-        """The helper was sent these templates: no reserve until top_up()."""
+        """The helper is sent these templates: no reserve until top_up()."""
         self.fast = FastBooks(generation, routes, wire)
-        self.reserved = Counter()
+        self.reserved: Counter[RuleKey] = Counter()
         self.reserved_total = 0
 
     def top_up(self, now: float) -> tuple[int, ...] | None:
@@ -221,10 +383,12 @@ class FlowTable:
             changed = True
         return tuple(books.limits) if changed else None
 
-    def fast_learned(self, u: Upcall, iif: str | None) -> Decision | None:
-        """A flow the helper installed itself: book it (installed() next).
-        None if it was installed for templates since replaced: the caller
-        removes it, and the flow's next packet asks again."""
+    def fast_learned(self, u: Upcall, iif: str | None, vifs: Mapping[tuple[int, str], Vif],
+                     now: float, book: bool = True) -> Flow | None:
+        """A flow the helper installed itself. Its reserve is spent; if
+        book, it goes into the table. None if it was installed for
+        templates since replaced (the caller removes it: its next packet
+        asks again)."""
         books = self.fast
         if u.generation != books.generation or not 0 <= u.index < len(books.routes):
             return None
@@ -234,47 +398,13 @@ class FlowTable:
         books.used[u.index] += 1
         self.reserved[route.rule] -= 1
         self.reserved_total -= 1
-        flow = Flow(MfcKey(u.family, u.source, u.group), iif, stop=False, rule=route.rule)
-        self._count(route.rule, 1)
-        return Decision(flow, learn.entry(flow, route, self.vifs_by_name))
+        key = MfcKey(u.family, u.source, u.group)
+        flow = Flow(key, iif, entry(key, iif, route.oifs, route.where, vifs), route.rule)
+        if book:
+            self._put(flow, now)
+        return flow
 
-    def _wrongvif(self, key: MfcKey, iif: str, installed: Mapping[MfcKey, Mfc]
-                  ) -> Decision | None:
-        """Traffic of a learned (S,G) arrives on another interface: move it
-        there if a rule allows it. Configured (S,G) routes are not moved."""
-        flow = self.flows.get(key)
-        word = "WRONGVIF" if key.family == 4 else "WRONGMIF"
-        if flow is None or flow.iif == iif:
-            if self.verbose:
-                s, g = _text(key)
-                self.log.info(f"Multicast from {s}, group {g} on wrong VIF, iface {iif}"
-                              f" ({word}), not a learned route: left alone")
-            return None
-        route = self.templates.match(key.family, iif, key.source, key.group)
-        if route is None:
-            if self.verbose:
-                s, g = _text(key)
-                self.log.info(f"Multicast from {s}, group {g} on wrong VIF, iface {iif}")
-            return None
-        new = learn.Flow(key, iif, stop=False, rule=route.rule)
-        return Decision(new, learn.entry(new, route, self.vifs_by_name), moved_from=flow.iif)
-
-    def installed(self, d: Decision, now: float) -> None:
-        """The kernel took the decision's entry."""
-        key = d.flow.key
-        self.inflight.pop(key, None)
-        old = self.flows.get(key)
-        if old is not None:  # a WRONGVIF move replaces a flow: uncount the old one
-            self._count(old.rule, -1)
-        self.flows[key] = d.flow
-        self.activity[key] = Activity(now, now)
-
-    def abandoned(self, d: Decision) -> None:
-        """The kernel refused the decision's entry."""
-        if self.inflight.pop(d.flow.key, None) is not None:
-            self._count(d.rule, -1)
-
-    # -- expiry ------------------------------------------------------------
+    # -- expiry -----------------------------------------------------------------
 
     def expired(self, counts: Mapping[MfcKey, int], now: float, max_idle: float) -> list[MfcKey]:
         """Flows to remove: idle (valid packet count unchanged) for max_idle
@@ -293,15 +423,3 @@ class FlowTable:
             elif max_idle > 0 and now - act.changed >= max_idle:
                 gone.append(key)
         return gone
-
-    def forget(self, keys: Iterable[MfcKey]) -> None:
-        for key in keys:
-            flow = self.flows.pop(key, None)
-            if flow is not None:
-                self._count(flow.rule, -1)
-            self.activity.pop(key, None)
-
-    def _quiet(self, what: str, text: str, now: float) -> None:
-        if n := self.throttle.hit(what, now):
-            self.log.warning(text + (f" ({n} times)" if n > 1 else ""))
-

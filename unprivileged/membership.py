@@ -103,18 +103,17 @@ class Memberships:
         self.sockets: list[_Socket] = []
         self.joined: dict[tuple[int, int, bytes | None, bytes], tuple[Membership, _Socket]] = {}
 
-    def apply(self, target: dict[tuple[int, int, bytes | None, bytes], Membership]
-              ) -> list[tuple[Membership, str]]:
-        """Leave what target lacks, join what it adds; return the failures."""
-        for key in [k for k in self.joined if k not in target]:
-            self.leave(key)
+    def change(self, leave: Iterable[Membership], join: Iterable[Membership]
+               ) -> list[tuple[Membership, str]]:
+        """Leave, then join; return the joins that failed, with why."""
+        for m in leave:
+            if m.key in self.joined:
+                self.leave(m.key)
         errors = []
-        for key, m in target.items():
-            if key in self.joined:
-                self.joined[key] = (m, self.joined[key][1])  # keep the newest rule for show
+        for m in join:
+            if m.key in self.joined:
                 continue
-            error = self.join(m)
-            if error:
+            if (error := self.join(m)) is not None:
                 errors.append((m, error))
         return errors
 
@@ -174,9 +173,6 @@ class Memberships:
         if not entry.groups:
             self.sockets.remove(entry)
             entry.sock.close()
-
-    def memberships(self) -> Iterable[Membership]:
-        return (m for m, _ in self.joined.values())
 
     def close(self) -> None:
         for entry in self.sockets:

@@ -23,13 +23,24 @@ class Where:
         return f"{self.file} line {self.line}" if self.line else self.file
 
 
+# What a diagnostic means (the table in smcroute.conf(5)); one classification
+# for smcrouted -F, start-up and reload:
+ERROR = "error"  # the line is wrong: skipped at start-up, rejects a reload, -F exits 78
+INTERFACE = "interface"  # an interface is missing or unusable: never rejects; -F exits 78
+NOTE = "note"  # worth saying (info level), never a problem
+
+
 @dataclass(frozen=True)
 class Diagnostic:
-    """A problem found in a configuration; errors reject the whole config."""
+    """Something to say about a line of the configuration (or about the file)."""
 
     message: str
     where: Where | None = None
-    error: bool = True
+    kind: str = ERROR
+
+    @property
+    def error(self) -> bool:
+        return self.kind == ERROR
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from smcroute.policy.limits import MAXVIFS
 from smcroute.unprivileged.engine import Route
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.groups import text as grouptext
@@ -37,6 +38,13 @@ class RouteView:
     ssm: list[Route]
     kernel: list[Mfc]
     vif_names: Mapping[tuple[int, int], str]  # (family, slot) -> interface name
+    slots: Mapping[tuple[int, str], Vif] = field(default_factory=dict)  # the plan's VIFs
+
+    def oifs(self, route: Route) -> list[str]:
+        """A rule's OIFs in VIF order, as SMCRoute lists them (SPEC 4.5)."""
+        slots, family = self.slots, route.family
+        return sorted(route.oifs, key=lambda n: (v.vif if (v := slots.get((family, n)))
+                                                  else MAXVIFS))
 
 
 def _sg_text(source: str | None, group: str) -> str:
@@ -49,10 +57,6 @@ def _rule_source(prefix: Prefix | None) -> str | None:
 
 def _oif_names(m: Mfc, names: Mapping[tuple[int, int], str]) -> list[str]:
     return [names.get((m.key.family, vif), "") for vif, _ in m.oifs]
-
-
-def _route_oifs(route: Route) -> list[str]:
-    return list(route.oifs)
 
 
 def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
@@ -74,14 +78,14 @@ def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
     if view.templates:
         out += ["(*,G) Template Rules_", heading]
         out += [row(_sg_text(_rule_source(r.rule.source), str(r.rule.group)), r.iif,
-                    _route_oifs(r), None) for r in view.templates]
+                    view.oifs(r), None) for r in view.templates]
     if view.ssm:
         out += ["(S,G) Rules_", heading]
         for r in view.ssm:
             assert r.rule.source is not None
             key = MfcKey(r.rule.family, r.rule.source.packed, r.rule.group.packed)
             out.append(row(_sg_text(str(r.rule.source), str(r.rule.group)), r.iif,
-                           _route_oifs(r), key))
+                           view.oifs(r), key))
     if view.kernel:
         out += ["Kernel MFC Table_", heading]
         ordered = [m for m in view.kernel if m.oifs] + [m for m in view.kernel if not m.oifs]
@@ -94,7 +98,7 @@ def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
 def routes_json(view: RouteView) -> list[str]:
     def rule(r: Route) -> dict[str, object]:
         return {"source": _rule_source(r.rule.source), "group": str(r.rule.group),
-                "iif": r.iif, "oifs": _route_oifs(r)}
+                "iif": r.iif, "oifs": view.oifs(r)}
 
     kernel = [{"source": addr(m.key.source), "group": addr(m.key.group),
                "iif": view.vif_names.get((m.key.family, m.iif), ""),

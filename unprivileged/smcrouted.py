@@ -261,7 +261,6 @@ def run(opts: options.Options, level: int,
 
     real = real_log(opts, level)
     log.replay(real)
-    booted.state.use_logger(real)
     controller = Controller(opts, real, helper, booted, pidfile, control)
     gc.freeze()  # what start-up built lives on: no collection need ever scan it
     return asyncio.run(controller.run(early.received))

@@ -446,10 +446,15 @@ def test_join_range_over_the_cap_is_refused(topo, smcrouted, words):
 
 def test_config_range_over_the_cap_is_a_config_error(topo, smcrouted):
     """A config line standing for more than 16384 memberships is an error
-    naming file and line; the config is not applied (the daemon runs)."""
+    naming file and line: at start-up that line is skipped and the good one
+    applied (the daemon runs); a reload with it changes nothing."""
     daemon = smcrouted("mgroup from r-b group 225.4.1.1\nmgroup from r-a group 225.4.0.0/17\n")
     assert "line 2" in daemon.log() and "16384" in daemon.log(), daemon.log()
-    assert kernel_groups(daemon, "r-a") == {} and kernel_groups(daemon, "r-b") == {}
+    assert kernel_groups(daemon, "r-a") == {}
+    assert set(kernel_groups(daemon, "r-b")) == {"225.4.1.1"}
+    res = daemon.ctl("reload")
+    assert res.returncode == 1 and "line 2" in res.stderr and "16384" in res.stderr, res
+    assert set(kernel_groups(daemon, "r-b")) == {"225.4.1.1"}
     assert daemon.proc.poll() is None
 
 

@@ -82,7 +82,6 @@ V4 = {"family": 4, "source": bytes([10, 0, 0, 1]), "group": bytes([225, 1, 2, 3]
     raw([{"op": "hello", "id": 1, "extra": 1}]),
     raw([{"op": "del_vif", "id": 1, "family": 4, "vif": True}]),  # bool is not int
     raw([{"op": "add_vif", "id": 1, "family": 4, "vif": 32, "ifindex": 1, "threshold": 1}]),
-    raw([{"op": "add_mfc", "id": 1, **V4, "iif": 0, "oifs": [[0, 1]]}]),  # iif among oifs
     raw([{"op": "add_mfc", "id": 1, **V4, "group": bytes([10, 1, 2, 3]), "iif": 0, "oifs": []}]),
     raw([{"op": "hello", "id": 1}] * 1025),  # batch too large
 ])

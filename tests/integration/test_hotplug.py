@@ -320,8 +320,9 @@ def test_wildcard_picks_up_new_interface(topo, smcrouted):
         assert after[f]["r-w"] == min(set(range(MAXVIFS)) - set(before[f].values()))
     assert show_vifs(d)["r-w"] == (after[V4]["r-w"], after[V6]["r-w"])
     assert wait_for(lambda: mfc_both(topo) == {
-        mfc_entry(SRC[V4], "225.10.4.1", "r-s", ["r-a", "r-b", "r-c", "r-w"]),
-        mfc_entry(SRC[V6], "ff0e::10:4", "r-s", ["r-a", "r-b", "r-c", "r-w"]),
+        # r-+ covers the inbound r-s too: installed, as SMCRoute does (SPEC 2.6)
+        mfc_entry(SRC[V4], "225.10.4.1", "r-s", ["r-s", "r-a", "r-b", "r-c", "r-w"]),
+        mfc_entry(SRC[V6], "ff0e::10:4", "r-s", ["r-s", "r-a", "r-b", "r-c", "r-w"]),
     }, SETTLE), mfc_both(topo)
 
     wait_links_ready([(topo.router, "r-w"), (topo.ns["W"], "w-r")])

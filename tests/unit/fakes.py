@@ -40,6 +40,9 @@ class FakeKernel:
     def __init__(self) -> None:
         self.vifs: dict[int, dict[int, int]] = {4: {}, 6: {}}
         self.mfc: dict[tuple[int, bytes, bytes], tuple[int, tuple[tuple[int, int], ...]]] = {}
+        self.counts = {}
+        self.mrdisc = []
+        self.refuse = set()
 
     def add_vif(self, family: int, vif: int, ifindex: int, threshold: int) -> None:
         if vif in self.vifs[family]:
@@ -53,14 +56,23 @@ class FakeKernel:
 
     def add_mfc(self, family: int, source: bytes, group: bytes, iif: int,
                 oifs: tuple[tuple[int, int], ...]) -> None:
+        if (family, source, group) in self.refuse:
+            raise OSError(errno.ENOMEM, "refused")
         self.mfc[(family, source, group)] = (iif, tuple(oifs))
 
     def del_mfc(self, family: int, source: bytes, group: bytes) -> None:
         if self.mfc.pop((family, source, group), None) is None:
             raise OSError(errno.ENOENT, "no such route")
 
+    counts: dict[tuple[int, bytes, bytes], tuple[int, int, int]]
+    mrdisc: list[tuple[int, int, int]]  # (ifindex, kind, interval) sent
+    refuse: set[tuple[int, bytes, bytes]]  # add_mfc of these fails (ENOMEM)
+
     def sg_count(self, family: int, source: bytes, group: bytes) -> tuple[int, int, int]:
-        return 0, 0, 0
+        return self.counts.get((family, source, group), (0, 0, 0))
+
+    def send_mrdisc(self, ifindex: int, kind: int, interval: int) -> None:
+        self.mrdisc.append((ifindex, kind, interval))
 
     def unregister(self, ifindex: int) -> None:
         for table in self.vifs.values():

@@ -1,4 +1,5 @@
-"""The controller's end of the helper channel (channel.py, channel_async.py).
+"""The controller's end of the helper channel: channel.Protocol (no I/O) and
+its two drivers, BlockingChannel (start-up) and channel_async.HelperChannel.
 
 Real SOCK_SEQPACKET socketpairs; the helper is a thread (tests/unit/fakes.py)
 speaking smcroute.ipc.codec, sometimes backed by the helper's real request
@@ -14,13 +15,19 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smcroute.ipc import codec
 from smcroute.ipc.helper import (
     AddMfc,
     AddVif,
+    Counts,
     DelVif,
     Hello,
+    HelloReply,
+    Reply,
     Request,
+    SgCount,
     Upcall,
     to_wire,
     upcalls_message,
@@ -28,7 +35,14 @@ from smcroute.ipc.helper import (
 from smcroute.policy import helper as policy
 from smcroute.policy.limits import MAX_BATCH
 from smcroute.privileged.server import Server
-from smcroute.unprivileged.channel import BlockingChannel, HelperLost, merge, screen
+from smcroute.unprivileged.channel import (
+    Answered,
+    BlockingChannel,
+    Fatal,
+    HelperLost,
+    Protocol,
+    Upcalls,
+)
 from smcroute.unprivileged.channel_async import HelperChannel
 
 from .fakes import CLOSE, FakeKernel, ThreadHelper, accept_all, ok_replies
@@ -51,49 +65,134 @@ def channel(helper: ThreadHelper, timeout: float = 5.0) -> BlockingChannel:
     return ch
 
 
-# -- screen / merge ---------------------------------------------------------------------------
+def answers(reqs: list[Request], **extra: Any) -> bytes:
+    return codec.encode({"t": "replies", "replies": [{"id": r.id, "ok": True, **extra}
+                                                     for r in reqs]})
 
 
-def test_screen_answers_policy_violations_and_keeps_the_rest() -> None:
+# -- Protocol ---------------------------------------------------------------------------------
+
+
+def test_screening_answers_policy_violations_locally_and_sends_the_rest() -> None:
     good1, bad1 = AddVif(1, 4, 0, 2, 1), AddVif(2, 4, 32, 2, 1)  # vif out of range
-    bad2 = AddMfc(3, 4, S4, G4, 1, ((1, 1),))  # iif among the oifs
+    bad2 = AddMfc(3, 4, S4, G4, 1, ((1, 1), (1, 2)))  # the same oif twice
     good2 = DelVif(4, 6, 31)
-    replies, wire = screen([good1, bad1, bad2, good2])
-    assert wire == [to_wire(good1), to_wire(good2)]
-    assert replies[0] is None and replies[3] is None
-    for reply, req in ((replies[1], bad1), (replies[2], bad2)):
-        assert reply is not None
-        assert reply["id"] == req.id and reply["ok"] is False
-        assert reply["errno"] == errno.EINVAL
-        assert reply["error"].startswith("refused by policy: ")
-    assert "vif 32" in replies[1]["error"]  # type: ignore[index]
-    assert screen([]) == ([], [])
+    p = Protocol()
+    (datagram,) = p.send(7, [good1, bad1, bad2, good2])
+    assert codec.decode(datagram) == [to_wire(good1), to_wire(good2)]
+    assert p.ready() == []  # the helper's replies are still to come
+    (done,) = p.receive(answers([good1, good2]))
+    assert isinstance(done, Answered) and done.batch == 7
+    assert [r.id for r in done.replies] == [1, 2, 3, 4]
+    assert done.replies[0] == Reply(1, True) and done.replies[3] == Reply(4, True)
+    for r in done.replies[1:3]:
+        assert (r.ok, r.errno) == (False, errno.EINVAL)
+        assert r.error.startswith("refused by policy: ")
+    assert "vif 32" in done.replies[1].error
 
 
-def test_merge_fills_the_gaps_in_order() -> None:
-    refused = {"id": 2, "ok": False}
-    assert merge([None, refused, None], [{"id": 1}, {"id": 3}]) == [
-        {"id": 1}, refused, {"id": 3}]
-    assert merge([refused], []) == [refused]
-    assert merge([], []) == []
+def test_batches_are_answered_in_the_order_sent() -> None:
+    p = Protocol()
+    first = vifs(2)
+    p.send(1, first)
+    assert p.send(2, [AddVif(9, 5, 0, 2, 1)]) == []  # family 5: answered here...
+    assert p.ready() == []  # ...but only after batch 1
+    assert p.waiting == 2
+    done = p.receive(answers(first))
+    assert [d.batch for d in done] == [1, 2]  # type: ignore[union-attr]
+    assert p.waiting == 0
+    assert p.send(3, []) == [] and p.ready() == [Answered(3, [])]
+
+
+def test_large_batches_are_pipelined_and_replies_matched_in_order() -> None:
+    p = Protocol()
+    reqs = vifs(600)
+    datagrams = p.send(1, reqs)
+    assert [len(codec.decode(d)) for d in datagrams] == [256, 256, 88]
+    assert Protocol.PIPELINE == 256
+    assert p.receive(answers(reqs[:256])) == []
+    assert p.receive(answers(reqs[256:512])) == []
+    (done,) = p.receive(answers(reqs[512:]))
+    assert [r.id for r in done.replies] == [r.id for r in reqs]  # type: ignore[union-attr]
+
+
+def test_typed_replies() -> None:
+    p = Protocol()
+    hello, count = Hello(1), SgCount(2, 4, S4, G4)
+    p.send(1, [hello, count])
+    msg = {"t": "replies", "replies": [
+        {"id": 1, "ok": True, "version": 1, "maxvifs": 32, "max_mfc": 9, "table": 0, "pid": 5},
+        {"id": 2, "ok": True, "packets": 3, "bytes": 300, "wrong_if": 1}]}
+    (done,) = p.receive(codec.encode(msg))
+    assert done.replies == [HelloReply(1, True, version=1, maxvifs=32, max_mfc=9, table=0,
+                                       pid=5),
+                            Counts(2, True, packets=3, bytes=300, wrong_if=1)]
+
+
+@pytest.mark.parametrize("reply", [
+    {"id": 1, "ok": True, "packets": 3},  # fields of the wrong op
+    {"id": 2, "ok": True},  # another request's id
+    {"id": 1, "ok": 1},
+    {"id": 1, "ok": False, "errno": "2", "error": "x"},
+    {"id": 1, "ok": False},
+    ["id", 1],
+])
+def test_a_reply_that_does_not_fit_its_request_loses_the_helper(reply: Any) -> None:
+    p = Protocol()
+    p.send(1, [AddVif(1, 4, 0, 2, 1)])
+    with pytest.raises(HelperLost, match="garbled reply"):
+        p.receive(codec.encode({"t": "replies", "replies": [reply]}))
+
+
+@pytest.mark.parametrize("message", [
+    b"",  # EOF
+    b"\xc1",  # not msgpack
+    codec.encode([1, 2]),  # not a map
+    codec.encode({"no": "type"}),
+    codec.encode({"t": "replies"}),  # no replies
+    codec.encode({"t": "replies", "replies": [{"id": 1, "ok": True}]}),  # nothing asked
+    codec.encode({"t": "what"}),  # unknown type: the same for both drivers
+    codec.encode({"t": "upcalls", "upcalls": [[4, "nocache", 1, S4]]}),
+    codec.encode({"t": "upcalls", "upcalls": [[4, "nocache", 1, S4, bytes(16)]]}),
+    codec.encode({"t": "upcalls", "upcalls": [[4, "bogus", 1, S4, G4]]}),
+    codec.encode({"t": "upcalls", "upcalls": [[4, "learned", 1, S4, G4]]}),
+    codec.encode({"t": "upcalls", "upcalls": [[True, "nocache", 1, S4, G4]]}),
+])
+def test_what_no_correct_helper_sends_loses_it(message: bytes) -> None:
+    with pytest.raises(HelperLost):
+        Protocol().receive(message)
+
+
+def test_upcalls_and_fatal() -> None:
+    p = Protocol()
+    learned = Upcall(6, "learned", 3, bytes(16), b"\xff" + bytes(15), 7, 0)
+    (ev,) = p.receive(codec.encode(upcalls_message([Upcall(4, "nocache", 1, S4, G4), learned])))
+    assert ev == Upcalls([Upcall(4, "nocache", 1, S4, G4), learned])
+    assert p.receive(codec.encode({"t": "fatal", "error": "bad op"})) == [Fatal("bad op")]
+    with pytest.raises(HelperLost, match=r"^bad op$"):
+        p.receive(b"")  # the EOF that follows says why
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_are_events_or_helper_lost(data: bytes) -> None:
+    p = Protocol()
+    p.send(1, vifs(1))
+    try:
+        events = p.receive(data)
+    except HelperLost:
+        return
+    assert all(isinstance(e, Answered | Upcalls | Fatal) for e in events)
 
 
 # -- BlockingChannel ----------------------------------------------------------------------------
-
-
-def test_ids_count_from_one() -> None:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with a, b:
-        ch = BlockingChannel(a)
-        assert [ch.next_id() for _ in range(3)] == [1, 2, 3]
 
 
 def test_one_batch_round_trip() -> None:
     helper = ThreadHelper(accept_all)
     ch = channel(helper)
     reqs = vifs(3)
-    replies = ch.call(reqs)
-    assert replies == [{"id": r.id, "ok": True} for r in reqs]
+    assert ch.call(reqs) == [Reply(r.id, True) for r in reqs]
     assert helper.received == [[to_wire(r) for r in reqs]]
     assert ch.backlog == []
     helper.stop()
@@ -106,28 +205,23 @@ def test_empty_call_sends_nothing() -> None:
     assert helper.received == []
 
 
-def test_pipelined_batches_replies_matched_in_order() -> None:
+def test_pipelined_datagrams_are_all_sent_before_the_first_reply() -> None:
     # The helper answers nothing until it holds all three datagrams: a
-    # channel that waited for each reply before sending the next batch
+    # channel that waited for each reply before sending the next datagram
     # would time out here.
-    expected_batches = 3
     held: list[list[Any]] = []
 
     def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
         held.append(batch)
-        if len(held) == expected_batches:
-            for n, b in enumerate(held):
-                yield {"t": "replies",
-                       "replies": [{"id": r["id"], "ok": True, "batch": n} for r in b]}
+        if len(held) == 3:
+            for b in held:
+                yield ok_replies(b)
 
     helper = ThreadHelper(respond)
-    ch = channel(helper, timeout=3)
     reqs = vifs(600)
-    replies = ch.call(reqs)
+    replies = channel(helper, timeout=3).call(reqs)
     assert [len(b) for b in helper.received] == [256, 256, 88]
-    assert BlockingChannel.PIPELINE == 256
-    assert [r["id"] for r in replies] == [r.id for r in reqs]
-    assert [r["batch"] for r in replies] == [0] * 256 + [1] * 256 + [2] * 88
+    assert [r.id for r in replies] == [r.id for r in reqs]
     helper.stop()
 
 
@@ -144,23 +238,23 @@ def test_upcalls_in_between_are_kept_in_the_backlog() -> None:
     helper = ThreadHelper(respond)
     ch = channel(helper)
     reqs = vifs(300)
-    assert [r["id"] for r in ch.call(reqs)] == [r.id for r in reqs]
+    assert [r.id for r in ch.call(reqs)] == [r.id for r in reqs]
     assert len(helper.received) == 2
-    assert ch.backlog == sent and len(sent) == 4
-    # a later call adds to the backlog; nothing is dropped or reordered
-    ch.call(vifs(1, start_id=1000))
-    assert ch.backlog == sent and len(sent) == 6
+    def kept() -> list[int]:
+        return [u.vif for e in ch.backlog for u in e.upcalls]
+
+    assert kept() == [m["upcalls"][0][2] for m in sent] and len(sent) == 4
+    ch.call(vifs(1, start_id=1000))  # a later call adds to it; nothing is dropped or reordered
+    assert kept() == [m["upcalls"][0][2] for m in sent] and len(sent) == 6
     helper.stop()
 
 
 def test_upcall_flood_while_requests_are_still_being_sent() -> None:
     # The helper forwards upcalls whenever the kernel has some, with blocking
     # writes (privileged/server.py), and reads no request while it writes.
-    # A controller that only writes until every batch is out, and reads
+    # A controller that only writes until every datagram is out, and reads
     # nothing meanwhile, deadlocks with it once both directions are full.
-    # Small buffers stand in for the real 4 MiB ones (smcrouted.py: about
-    # 4 MiB of start-up requests, ~70k routes, during a burst of ~4 MiB of
-    # upcalls).
+    # Small buffers stand in for the real 4 MiB ones.
     flood = upcalls_message([Upcall(4, "nocache", 1, S4, G4)] * 100)
     floods = 50
 
@@ -173,33 +267,20 @@ def test_upcall_flood_while_requests_are_still_being_sent() -> None:
     for sock in (helper.ours, helper.theirs):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
     ch = channel(helper, timeout=0.5)
-    reqs = vifs(2000)  # 8 batches, more than a send buffer's worth
+    reqs = vifs(2000)  # 8 datagrams, more than a send buffer's worth
     try:
         replies = ch.call(reqs)
     finally:
         helper.stop()
-    assert [r["id"] for r in replies] == [r.id for r in reqs]
-    assert ch.backlog == [flood] * floods
-
-
-def test_policy_violating_request_gets_einval_without_being_sent() -> None:
-    helper = ThreadHelper(accept_all)
-    ch = channel(helper)
-    good1, bad, good2 = AddVif(1, 4, 0, 2, 1), AddVif(2, 4, 0, 2, 0), DelVif(3, 4, 0)
-    replies = ch.call([good1, bad, good2])
-    assert helper.received == [[to_wire(good1), to_wire(good2)]]
-    assert replies[0] == {"id": 1, "ok": True} and replies[2] == {"id": 3, "ok": True}
-    assert replies[1]["id"] == 2 and replies[1]["ok"] is False
-    assert replies[1]["errno"] == errno.EINVAL
-    assert "threshold" in replies[1]["error"]
-    helper.stop()
+    assert [r.id for r in replies] == [r.id for r in reqs]
+    assert sum(len(e.upcalls) for e in ch.backlog) == 100 * floods
 
 
 def test_only_violating_requests_send_nothing() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
         replies = BlockingChannel(a).call([AddVif(7, 5, 0, 2, 1)])  # family 5
-        assert [(r["id"], r["errno"]) for r in replies] == [(7, errno.EINVAL)]
+        assert [(r.id, r.errno) for r in replies] == [(7, errno.EINVAL)]
         b.setblocking(False)
         with pytest.raises(BlockingIOError):
             b.recv(100)
@@ -216,37 +297,19 @@ def test_fatal_then_eof_raises_helper_lost_with_its_text() -> None:
     with pytest.raises(HelperLost) as info:
         ch.call(vifs(2))
     assert str(info.value) == "protocol violation, exiting: bad op"
-    assert ch.backlog == [upcall(1)]
+    assert [u.vif for e in ch.backlog for u in e.upcalls] == [1]
     helper.stop()
 
 
-def test_eof_without_a_word() -> None:
-    helper = ThreadHelper(lambda h, batch: [CLOSE])
-    with pytest.raises(HelperLost, match="the helper closed the channel"):
-        channel(helper).call(vifs(1))
-    helper.stop()
-
-
-def test_wrong_number_of_replies() -> None:
-    def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
-        yield ok_replies(batch[1:])
-
-    helper = ThreadHelper(respond)
-    with pytest.raises(HelperLost, match="wrong number of replies"):
-        channel(helper).call(vifs(3))
-    helper.stop()
-
-
-@pytest.mark.parametrize("garbage", [
-    b"\xc1",  # not msgpack
-    codec.encode([1, 2]),  # not a map
-    codec.encode({"no": "type"}),
-    codec.encode({"t": "replies"}),  # no replies
+@pytest.mark.parametrize(("respond", "match"), [
+    (lambda h, batch: [CLOSE], "the helper closed the channel"),
+    (lambda h, batch: [ok_replies(batch[1:])], "wrong number of replies"),
+    (lambda h, batch: [b"\xc1"], "garbled message from the helper"),
 ])
-def test_garbled_message_from_the_helper(garbage: bytes) -> None:
-    helper = ThreadHelper(lambda h, batch: [garbage])
-    with pytest.raises(HelperLost, match="garbled message from the helper"):
-        channel(helper).call(vifs(1))
+def test_broken_helpers(respond: Any, match: str) -> None:
+    helper = ThreadHelper(respond)
+    with pytest.raises(HelperLost, match=match):
+        channel(helper).call(vifs(3))
     helper.stop()
 
 
@@ -287,17 +350,19 @@ def test_blocking_channel_with_the_real_server() -> None:
     helper = real_helper(kernel)
     ch = channel(helper)
     hello, add0, add1, mfc, dup = ch.call([
-        Hello(ch.next_id()), AddVif(ch.next_id(), 4, 0, 2, 1), AddVif(ch.next_id(), 4, 1, 3, 1),
-        AddMfc(ch.next_id(), 4, S4, G4, 0, ((1, 1),)), AddVif(ch.next_id(), 4, 0, 9, 1)])
-    assert hello["ok"] and hello["id"] == 1 and hello["maxvifs"] == 32
-    assert add0["ok"] and add1["ok"] and mfc["ok"]
-    assert (dup["ok"], dup["errno"]) == (False, errno.EADDRINUSE)  # refused, not a violation
+        Hello(1), AddVif(2, 4, 0, 2, 1), AddVif(3, 4, 1, 3, 1),
+        AddMfc(4, 4, S4, G4, 0, ((0, 1), (1, 1))), AddVif(5, 4, 0, 9, 1)])
+    assert isinstance(hello, HelloReply) and hello.maxvifs == 32
+    assert add0.ok and add1.ok and mfc.ok  # (the inbound VIF among the OIFs, as SMCRoute)
+    assert (dup.ok, dup.errno) == (False, errno.EADDRINUSE)  # refused, not a violation
     assert kernel.vifs[4] == {0: 2, 1: 3}
-    assert kernel.mfc == {(4, S4, G4): (0, ((1, 1),))}
+    assert kernel.mfc == {(4, S4, G4): (0, ((0, 1), (1, 1)))}
     # a request the local policy refuses never reaches the helper
-    (refused,) = ch.call([AddMfc(ch.next_id(), 4, S4, G4, 0, ((0, 1),))])
-    assert refused["errno"] == errno.EINVAL
+    (refused,) = ch.call([AddMfc(6, 4, S4, G4, 0, ((1, 1), (1, 1)))])
+    assert refused.errno == errno.EINVAL
     assert len(helper.received) == 1
+    (count,) = ch.call([SgCount(7, 4, S4, G4)])
+    assert count == Counts(7, True, packets=0, bytes=0, wrong_if=0)
     helper.stop()
 
 
@@ -306,19 +371,15 @@ def test_blocking_channel_with_the_real_server() -> None:
 
 class Events:
     def __init__(self) -> None:
-        self.upcalls: list[Upcall] = []
+        self.events: list[Any] = []
         self.lost: list[str] = []
 
 
-def run_async(helper: ThreadHelper, backlog: list[dict[str, Any]], body: Any) -> Events:
+def run_async(helper: ThreadHelper, body: Any) -> Events:
     events = Events()
 
     async def main() -> None:
-        boot = BlockingChannel(helper.ours)
-        boot.backlog = list(backlog)
-        for _ in range(5):
-            boot.next_id()  # ids go on from where start-up left them
-        ch = HelperChannel(boot, events.upcalls.extend, events.lost.append)
+        ch = HelperChannel(BlockingChannel(helper.ours), events.events.append, events.lost.append)
         try:
             await asyncio.wait_for(body(ch, events), 5)
         finally:
@@ -328,7 +389,15 @@ def run_async(helper: ThreadHelper, backlog: list[dict[str, Any]], body: Any) ->
     return events
 
 
-def test_async_backlog_first_then_calls_and_upcalls() -> None:
+async def until(predicate: Any) -> None:
+    for _ in range(300):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_async_batches_upcalls_and_their_order() -> None:
     def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
         yield upcall(7)
         yield ok_replies(batch)
@@ -336,48 +405,70 @@ def test_async_backlog_first_then_calls_and_upcalls() -> None:
     helper = ThreadHelper(respond)
 
     async def body(ch: HelperChannel, events: Events) -> None:
-        assert ch.next_id() == 6
-        await asyncio.sleep(0)  # the backlog is dispatched by the loop
-        assert [u.vif for u in events.upcalls] == [1, 2]
-        reqs = vifs(3, start_id=ch.next_id())
-        assert [r["id"] for r in await ch.call(reqs)] == [r.id for r in reqs]
-        for _ in range(100):
-            if len(events.upcalls) == 3:
-                break
-            await asyncio.sleep(0.01)
+        ch.send(1, vifs(3, start_id=10))
+        ch.send(2, vifs(2, start_id=20))
+        await until(lambda: len(events.events) == 4)
 
-    events = run_async(helper, [upcall(1), upcall(2)], body)
-    assert [u.vif for u in events.upcalls] == [1, 2, 7]
-    assert events.upcalls[2] == Upcall(4, "nocache", 7, S4, G4)
+    events = run_async(helper, body)
+    kinds = [(type(e).__name__, getattr(e, "batch", None)) for e in events.events]
+    assert kinds == [("Upcalls", None), ("Answered", 1), ("Upcalls", None), ("Answered", 2)]
+    assert [r.id for r in events.events[1].replies] == [10, 11, 12]
     assert events.lost == []
     helper.stop()
 
 
-def test_async_large_call_is_pipelined_in_datagrams() -> None:
+def test_async_large_batch_is_pipelined_in_datagrams() -> None:
     helper = ThreadHelper(accept_all)
+    n = MAX_BATCH + 76
 
     async def body(ch: HelperChannel, events: Events) -> None:
-        reqs = vifs(MAX_BATCH + 76, start_id=100)
-        replies = await ch.call(reqs)
-        assert [r["id"] for r in replies] == [r.id for r in reqs]
+        ch.send(1, vifs(n, start_id=100))
+        await until(lambda: events.events)
 
-    run_async(helper, [], body)
-    step = HelperChannel.PIPELINE
-    assert [len(b) for b in helper.received] == (
-        [step] * ((MAX_BATCH + 76) // step) + [(MAX_BATCH + 76) % step])
+    events = run_async(helper, body)
+    assert [r.id for r in events.events[0].replies] == list(range(100, 100 + n))
+    step = Protocol.PIPELINE
+    assert [len(b) for b in helper.received] == [step] * (n // step) + [n % step]
     helper.stop()
 
 
-def test_async_policy_refusal_is_local() -> None:
+def test_async_writes_wait_for_a_full_socket_in_order() -> None:
+    # The helper does not read until released: datagrams queue in the
+    # channel, and go out in order once the socket takes them again.
+    import threading
+
+    release = threading.Event()
+
+    def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
+        release.wait(5)
+        yield ok_replies(batch)
+
+    helper = ThreadHelper(respond)
+    helper.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    async def body(ch: HelperChannel, events: Events) -> None:
+        for batch in range(1, 201):
+            ch.send(batch, vifs(10, start_id=batch * 1000))
+        assert ch._out  # some are waiting
+        release.set()
+        await until(lambda: len(events.events) == 200)
+
+    events = run_async(helper, body)
+    assert [e.batch for e in events.events] == list(range(1, 201))
+    assert [b[0]["id"] for b in helper.received] == [n * 1000 for n in range(1, 201)]
+    helper.stop()
+
+
+def test_async_policy_refusal_is_answered_without_the_helper() -> None:
     helper = ThreadHelper(accept_all)
 
     async def body(ch: HelperChannel, events: Events) -> None:
-        replies = await ch.call([AddVif(50, 4, 0, 2, 1), AddVif(51, 4, 99, 2, 1)])
-        assert replies[0] == {"id": 50, "ok": True}
-        assert (replies[1]["id"], replies[1]["errno"]) == (51, errno.EINVAL)
+        ch.send(1, [AddVif(51, 4, 99, 2, 1)])
+        assert [e.batch for e in events.events] == [1]  # at once
 
-    run_async(helper, [], body)
-    assert helper.received == [[to_wire(AddVif(50, 4, 0, 2, 1))]]
+    events = run_async(helper, body)
+    assert events.events[0].replies[0].errno == errno.EINVAL
+    assert helper.received == []
     helper.stop()
 
 
@@ -389,15 +480,14 @@ def test_async_fatal_then_eof() -> None:
     helper = ThreadHelper(respond)
 
     async def body(ch: HelperChannel, events: Events) -> None:
-        with pytest.raises(HelperLost, match="cannot drop privileges: nope"):
-            await ch.call(vifs(1))
+        ch.send(1, vifs(1))
+        await until(lambda: events.lost)
         assert ch.lost == "cannot drop privileges: nope"
-        assert events.lost == ["cannot drop privileges: nope"]
-        with pytest.raises(HelperLost):  # and every later call fails at once
-            await ch.call(vifs(1))
+        ch.send(2, vifs(1))  # nothing more is written
 
-    events = run_async(helper, [], body)
+    events = run_async(helper, body)
     assert events.lost == ["cannot drop privileges: nope"]  # reported once
+    assert events.events == [Fatal("cannot drop privileges: nope")]
     helper.stop()
 
 
@@ -405,9 +495,9 @@ def test_async_garbled_message_loses_the_helper() -> None:
     helper = ThreadHelper(lambda h, batch: [codec.encode({"t": "what"})])
 
     async def body(ch: HelperChannel, events: Events) -> None:
-        with pytest.raises(HelperLost, match="garbled"):
-            await ch.call(vifs(1))
+        ch.send(1, vifs(1))
+        await until(lambda: events.lost)
 
-    events = run_async(helper, [], body)
-    assert len(events.lost) == 1 and "garbled" in events.lost[0]
+    events = run_async(helper, body)
+    assert len(events.lost) == 1 and "unknown message type" in events.lost[0]
     helper.stop()

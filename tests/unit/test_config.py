@@ -95,7 +95,7 @@ def test_tokenize_c_isspace(line: str, tokens: list[str]) -> None:
 
 def test_python_only_separators_do_not_split_a_line() -> None:
     # "phyint\x1ca1" is one word, which matches "phyint" by prefix
-    d = one_diag("phyint\x1ca1", error=False)
+    d = one_diag("phyint\x1ca1", error=True)
     assert d.message == "phyint missing interface pattern"
     assert only("phyint\x1ca1 a2") == Phyint(Where(FILE, 1), "a2", None)
     # and "a1\x1c" is not the interface a1 but an invalid name
@@ -230,16 +230,16 @@ def test_unknown_words_are_ignored() -> None:
 
 @pytest.mark.parametrize("word", ["bogus", "route", "mrout", "phy", "from", "#", "ENABLE",
                                   "Mroute", "PHYINT"])
-def test_unknown_directive_is_a_warning(word: str) -> None:
+def test_unknown_directive_is_an_error(word: str) -> None:
     text = f"{word} a1 enable" if word != "#" else "x# a1"
-    d = one_diag(text, error=False)
+    d = one_diag(text, error=True)
     assert "Unknown command" in d.message
     assert parse(text).directives == ()
 
 
-def test_include_without_pattern_is_a_warning() -> None:
+def test_include_without_pattern_is_an_error() -> None:
     for text in ("include", "include   ", "include # a.conf", "includes"):
-        d = one_diag(text, error=False)
+        d = one_diag(text, error=True)
         assert d.message == "include: missing file pattern"
         assert parse(text).directives == ()
 
@@ -279,7 +279,7 @@ def test_phyint_last_of_enable_disable_wins() -> None:
 
 @pytest.mark.parametrize("text", ["phyint", "phyint   ", "phyint # a1", "phyint\t#"])
 def test_phyint_missing_name(text: str) -> None:
-    d = one_diag(text, error=False)
+    d = one_diag(text, error=True)
     assert "phyint missing interface pattern" in d.message
     assert parse(text).directives == ()
 
@@ -288,10 +288,10 @@ def test_phyint_missing_name(text: str) -> None:
                                    "99999999999999999999"])
 def test_phyint_ttl_threshold_out_of_range(value: str) -> None:
     text = f"phyint a1 enable ttl-threshold {value}"
-    d = one_diag(text, error=False)
+    d = one_diag(text, error=True)
     assert "out of range (1-255)" in d.message
     assert f"phyint a1 ttl {value}" in d.message
-    assert parse(text).directives == (Phyint(Where(FILE, 1), "a1", True, False, 1),)
+    assert parse(text).directives == ()  # an error: the line is skipped
 
 
 @pytest.mark.parametrize("name", ["a" * 16, "a" * 15 + "+", "b" * 40])
@@ -337,9 +337,9 @@ def test_source_specific_routes(text: str, source: Prefix, group: Prefix) -> Non
     "source 10.0.0.1/٣٢ group 225.1.2.3",
     "source 10.0.0.1/32/32 group 225.1.2.3",
 ])
-def test_invalid_prefix_length_is_warned_and_skipped(text: str) -> None:
+def test_invalid_prefix_length_is_an_error_and_skipped(text: str) -> None:
     line = f"mroute from a1 {text} to a2"
-    one_diag(line, error=False)
+    one_diag(line, error=True)
     assert parse(line).directives == ()
 
 
@@ -355,19 +355,19 @@ def test_invalid_prefix_length_is_warned_and_skipped(text: str) -> None:
     "source 2001:db8::1 group ff02::1%1",
     "source 2001:db8:::1 group ff02::1",
 ])
-def test_invalid_address_is_warned_and_skipped(text: str) -> None:
+def test_invalid_address_is_an_error_and_skipped(text: str) -> None:
     line = f"mroute from a1 {text} to a2"
-    d = one_diag(line, error=False)
+    d = one_diag(line, error=True)
     assert "nvalid" in d.message
     assert parse(line).directives == ()
 
 
 @pytest.mark.parametrize("group", ["10.1.2.3", "223.255.255.255", "240.0.0.1",
                                    "255.255.255.255", "0.0.0.0", "::ffff:225.1.2.3"])
-def test_non_multicast_group_is_warned_and_skipped(group: str) -> None:
+def test_non_multicast_group_is_an_error_and_skipped(group: str) -> None:
     source = "2001:db8::1" if ":" in group else "10.0.0.1"
     line = f"mroute from a1 source {source} group {group} to a2"
-    d = one_diag(line, error=False)
+    d = one_diag(line, error=True)
     assert "Invalid multicast group" in d.message
     assert parse(line).directives == ()
 
@@ -381,7 +381,7 @@ def test_non_multicast_group_is_warned_and_skipped(group: str) -> None:
 ])
 def test_mixed_families_are_warned_and_skipped(source: str, group: str) -> None:
     line = f"mroute from a1 source {source} group {group} to a2"
-    d = one_diag(line, error=False)
+    d = one_diag(line, error=True)
     assert "famil" in d.message
     assert parse(line).directives == ()
 
@@ -553,9 +553,9 @@ def test_mgroup_missing_from_or_group_is_an_error(text: str) -> None:
     ("source :: group 225.1.2.3", "famil"),
     ("source 0.0.0.0 group ff05::1", "famil"),
 ])
-def test_mgroup_bad_address_is_warned_and_skipped(text: str, words: str) -> None:
+def test_mgroup_bad_address_is_an_error_and_skipped(text: str, words: str) -> None:
     line = f"mgroup from a1 {text}"
-    d = one_diag(line, error=False)
+    d = one_diag(line, error=True)
     assert words in d.message
     assert d.message.startswith("mgroup: ")
     assert parse(line).directives == ()
@@ -668,7 +668,7 @@ def test_colon_decides_the_family() -> None:
 ])
 def test_inet_pton_rules_in_mroute(text: str) -> None:
     line = f"mroute from a1 {text} to a2"
-    d = one_diag(line, error=False)
+    d = one_diag(line, error=True)
     assert "nvalid" in d.message
     assert parse(line).directives == ()
 
@@ -735,16 +735,17 @@ def test_line_numbers_of_every_diagnostic() -> None:
         "mroute from a1 group 225.1.2.3 to " + " ".join(["a2"] * 33),  # 16
     ]) + "\n"
     config = parse(text)
+    # every problem of a line is an error: the line is skipped (smcroute.conf(5))
     assert [(d.where.line, d.error) for d in config.diagnostics] == [  # type: ignore[union-attr]
-        (3, False), (5, False), (7, False), (10, False), (12, True), (13, False), (14, True),
-        (15, False), (16, True)]
-    assert [d.where.line for d in config.directives] == [2, 6, 8, 9, 10]
-    assert [type(d) for d in config.directives] == [Phyint, Mroute, Mroute, Mgroup, Phyint]
+        (3, True), (5, True), (7, True), (10, True), (12, True), (13, True), (14, True),
+        (15, True), (16, True)]
+    assert [d.where.line for d in config.directives] == [2, 6, 8, 9]
+    assert [type(d) for d in config.directives] == [Phyint, Mroute, Mroute, Mgroup]
     assert [d for d in config.errors] == [d for d in config.diagnostics if d.error]
 
 
 def test_diagnostic_text() -> None:
-    d = one_diag("bogus", error=False)
+    d = one_diag("bogus", error=True)
     assert str(d) == f"{FILE} line 1: {d.message}"
     assert d.message == "Unknown command bogus, skipping."
 

@@ -1,4 +1,6 @@
-"""smcroute.unprivileged.engine: interface matching, plan() and diff()."""
+"""smcroute.unprivileged.engine: interface matching and the plan (the fold of a
+configuration); what a new plan changes in the kernel, through the core's
+transition."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from hypothesis import strategies as st
 from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, to_wire
 from smcroute.policy.helper import HelperState, Refusal, check, parse_request
 from smcroute.unprivileged.config import parse_text
-from smcroute.unprivileged.engine import Changes, Plan, Route, diff, match, plan
+from smcroute.unprivileged.core import Core, Settings
+from smcroute.unprivileged.engine import Plan, Route, match, plan
 from smcroute.unprivileged.model import (
+    ERROR,
+    INTERFACE,
+    NOTE,
     Config,
     Interface,
-    Mfc,
     MfcKey,
     Mgroup,
     Mroute,
@@ -297,24 +302,27 @@ def test_missing_oif_installs_without_it_and_goes_pending() -> None:
     assert p.pending == [Pending(config(text).directives[0], ("zz0", "zz+"))]  # type: ignore
 
 
-def test_oif_equal_to_iif_is_dropped_with_a_warning() -> None:
+def test_oif_equal_to_iif_is_installed_with_a_note() -> None:
+    # as SMCRoute does (its mrcache.sh checks "Iif: a1 ... Oifs: a1"):
+    # point-to-multipoint links need it
     p = make_plan(mroute("a1", "a1 a2"))
-    assert route(p, S, G) == ("a1", (("a2", 1),))
+    assert route(p, S, G) == ("a1", (("a1", 1), ("a2", 1)))
     assert len(p.diagnostics) == 1
     d = p.diagnostics[0]
-    assert not d.error and "a1" in d.message
+    assert d.kind == NOTE and d.message == (
+        "mroute: Same outbound interface (OIF) as inbound (IIF) may cause routing loops.")
     assert d.where is not None and d.where.line == 1
 
 
 def test_oif_equal_to_iif_only() -> None:
     p = make_plan(mroute("a1", "a1"))
-    assert route(p, S, G) == ("a1", ())
+    assert route(p, S, G) == ("a1", (("a1", 1),))
     assert len(p.diagnostics) == 1
 
 
-def test_wildcard_oif_never_includes_the_iif_and_does_not_warn() -> None:
+def test_wildcard_oif_includes_the_iif_and_says_nothing() -> None:
     p = make_plan(mroute("a1", "a+"))
-    assert route(p, S, G) == ("a1", (("a2", 1), ("a3", 1)))
+    assert route(p, S, G) == ("a1", (("a1", 1), ("a2", 1), ("a3", 1)))
     assert p.diagnostics == []
 
 
@@ -380,8 +388,8 @@ def test_installed_vif_keeps_its_slot_from_new_interfaces_even_when_disabled() -
     second = make_plan("phyint a1\nphyint a2 disable\nphyint a3\nphyint b1",
                        installed=first.vifs)
     assert slots(second) == {"a1": 0, "a3": 2, "b1": 3}
-    changes = diff(first.vifs, first.mfc, second)
-    assert {(v.family, v.name, v.vif) for v in changes.del_vifs} == {(4, "a2", 1), (6, "a2", 1)}
+    c = changes(first, second)
+    assert {(v.family, v.name, v.vif) for v in c["del_vif"]} == {(4, "a2", 1), (6, "a2", 1)}
     # an installed interface that is disabled and enabled again keeps its slot
     third = make_plan("phyint a2 disable\nphyint b1\nphyint a2", installed=first.vifs)
     assert slots(third) == {"b1": 3, "a2": 1}
@@ -422,10 +430,11 @@ def test_template_allocates_vifs_but_installs_nothing(source: str | None, group:
     assert p.mfc == {}
     assert slots(p, 4) == {"a2": 0, "a3": 1, "a1": 2}  # lazily, IIF first, OIFs in order
     assert slots(p, 6) == {"a2": 0, "a3": 1, "a1": 2}
-    assert p.templates == [Route(config(text).directives[0], "a2", {"a3": 1, "a1": 1})]
+    assert [(t.rule, t.iif, t.oifs) for t in p.templates] == [
+        (config(text).directives[0], "a2", {"a3": 1, "a1": 1})]
     assert p.diagnostics == [] and p.pending == []
-    assert not diff({}, {}, p).set_mfc  # nothing for the kernel's MFC
-    assert set(diff({}, {}, p).add_vifs) == set(p.vifs.values())
+    assert not changes(Plan(IFS), p)["add_mfc"]  # nothing for the kernel's MFC
+    assert set(changes(Plan(IFS), p)["add_vif"]) == set(p.vifs.values())
 
 
 def test_templates_and_routes_share_the_numbering() -> None:
@@ -452,19 +461,19 @@ def test_template_ttls_follow_phyint_thresholds() -> None:
 
 def test_template_with_wildcards_is_one_rule_per_inbound() -> None:
     p = make_plan(star("a+", "a+ b1"))
-    assert templates(p) == [
-        (1, "a1", {"a2": 1, "a3": 1, "b1": 1}),
-        (1, "a2", {"a1": 1, "a3": 1, "b1": 1}),
-        (1, "a3", {"a1": 1, "a2": 1, "b1": 1}),
+    assert templates(p) == [  # the inbound among the OIFs, as SMCRoute (SPEC 2.8)
+        (1, "a1", {"a1": 1, "a2": 1, "a3": 1, "b1": 1}),
+        (1, "a2", {"a1": 1, "a2": 1, "a3": 1, "b1": 1}),
+        (1, "a3", {"a1": 1, "a2": 1, "a3": 1, "b1": 1}),
     ]
     assert p.diagnostics == []  # wildcards: IIF among OIFs is normal
     assert slots(p) == {"a1": 0, "a2": 1, "a3": 2, "b1": 3}
 
 
-def test_template_oif_equal_to_iif_is_dropped_with_a_warning() -> None:
+def test_template_oif_equal_to_iif_is_kept_with_a_note() -> None:
     p = make_plan(star("a1", "a1 a2"))
-    assert templates(p) == [(1, "a1", {"a2": 1})]
-    assert [(d.where.line, d.error) for d in p.diagnostics] == [(1, False)]  # type: ignore
+    assert templates(p) == [(1, "a1", {"a1": 1, "a2": 1})]
+    assert [(d.where.line, d.kind) for d in p.diagnostics] == [(1, NOTE)]  # type: ignore
 
 
 def test_template_without_oifs() -> None:
@@ -518,11 +527,11 @@ def test_disable_of_the_inbound_drops_the_template_and_frees_both_slots() -> Non
 def test_templates_do_not_change_the_diff_of_routes() -> None:
     first = make_plan(mroute("a1", "a2"))
     second = make_plan(mroute("a1", "a2") + "\n" + star("a1", "a2"), installed=first.vifs)
-    assert not diff(first.vifs, first.mfc, second)
+    assert nothing(changes(first, second))
     third = make_plan(star("a1", "a2"), installed=second.vifs)
-    changes = diff(second.vifs, second.mfc, third)
-    assert [m.key for m in changes.del_mfc] == [key(S, G)]
-    assert changes.add_vifs == () and changes.del_vifs == () and changes.set_mfc == ()
+    c = changes(second, third)
+    assert [m.key for m in c["del_mfc"]] == [key(S, G)]
+    assert c["add_vif"] == [] and c["del_vif"] == [] and c["add_mfc"] == []
 
 
 # -- mgroup: joins are planned with the routes (SPEC 2.5) ------------------------------------
@@ -549,10 +558,10 @@ def test_mgroup_on_a_missing_interface_goes_pending() -> None:
     assert p.diagnostics == []
 
 
-def test_duplicate_mgroup_is_a_warning() -> None:
+def test_duplicate_mgroup_is_an_error() -> None:
     p = make_plan("mgroup from a1 group 225.1.2.3\nmgroup from a1 group 225.1.2.3")
     assert len(p.groups) == 1
-    assert [(d.where.line, d.error) for d in p.diagnostics] == [(2, False)]  # type: ignore
+    assert [(d.where.line, d.error) for d in p.diagnostics] == [(2, True)]  # type: ignore
     assert "Already joined" in p.diagnostics[0].message
 
 
@@ -562,11 +571,11 @@ def test_duplicate_mgroup_is_a_warning() -> None:
 def test_plan_errors_are_the_error_diagnostics() -> None:
     # a join range standing for too many memberships is the plan's error
     p = make_plan("phyint zz0\n" + mroute("a1", "a1") + "\nmgroup from a1 group 225.0.0.0/4")
-    assert [d.error for d in p.diagnostics] == [False, False, True]
+    assert [d.kind for d in p.diagnostics] == [INTERFACE, NOTE, ERROR]
     assert [d.where.line for d in p.diagnostics] == [1, 2, 3]  # type: ignore[union-attr]
     assert p.errors == [p.diagnostics[2]]
     assert make_plan(mroute("a1", "a2")).errors == []
-    assert Plan().errors == []
+    assert Plan(IFS).errors == []
 
 
 def test_pending_says_which_side_is_missing() -> None:
@@ -668,11 +677,11 @@ def test_recreated_interface_gets_a_new_slot() -> None:
     second = make_plan(mroute("a1", "a2"), ifs, installed=first.vifs)
     assert slots(second) == {"a1": 2, "a2": 1}
     assert second.vifs[(4, "a1")].ifindex == 99
-    changes = diff(first.vifs, first.mfc, second)
-    assert set(changes.add_vifs) == {second.vifs[(4, "a1")], second.vifs[(6, "a1")]}
-    assert set(changes.del_vifs) == {first.vifs[(4, "a1")], first.vifs[(6, "a1")]}
-    assert [m.kernel for m in changes.set_mfc] == [(2, ((1, 1),))]
-    assert changes.del_mfc == ()
+    c = changes(first, second)
+    assert set(c["add_vif"]) == {second.vifs[(4, "a1")], second.vifs[(6, "a1")]}
+    assert set(c["del_vif"]) == {first.vifs[(4, "a1")], first.vifs[(6, "a1")]}
+    assert [m.kernel for m in c["add_mfc"]] == [(2, ((1, 1),))]
+    assert c["del_mfc"] == []
 
 
 def test_installed_vif_of_a_vanished_interface_is_not_reused() -> None:
@@ -680,8 +689,8 @@ def test_installed_vif_of_a_vanished_interface_is_not_reused() -> None:
     ifs = {k: v for k, v in IFS.items() if k != "a1"}
     second = make_plan("phyint a2\nphyint a3", ifs, installed=first.vifs)
     assert slots(second) == {"a2": 1, "a3": 2}
-    changes = diff(first.vifs, first.mfc, second)
-    assert {(v.family, v.name) for v in changes.del_vifs} == {(4, "a1"), (6, "a1")}
+    c = changes(first, second)
+    assert {(v.family, v.name) for v in c["del_vif"]} == {(4, "a1"), (6, "a1")}
 
 
 def test_interface_that_lost_multicast_loses_its_vif() -> None:
@@ -690,104 +699,105 @@ def test_interface_that_lost_multicast_loses_its_vif() -> None:
     ifs["a1"] = Interface("a1", IFS["a1"].index, False)
     second = make_plan("phyint a1\nphyint a2", ifs, installed=first.vifs)
     assert slots(second) == {"a2": 1}
-    assert {v.name for v in diff(first.vifs, first.mfc, second).del_vifs} == {"a1"}
+    assert {v.name for v in changes(first, second)["del_vif"]} == {"a1"}
 
 
-# -- diff -----------------------------------------------------------------------------------------
+# -- what a new plan changes in the kernel (the core's transition) --------------------------------
 
 
-def test_changes_truthiness() -> None:
-    v = Vif(4, 0, "a1", 2, 1)
-    m = Mfc(key(S, G), 0, (), "a1", ())
-    assert not Changes()
-    assert Changes(add_vifs=(v,))
-    assert Changes(set_mfc=(m,))
-    assert Changes(del_mfc=(m,))
-    assert Changes(del_vifs=(v,))
+def changes(first: Plan, second: Plan) -> dict[str, list[Any]]:
+    """The requests the core sends to go from first (installed) to second."""
+    core = Core(Settings(conf_path=FILE))
+    core.ledger.vifs = {(v.family, v.vif): v for v in first.vifs.values()}
+    core.ledger.mfc = dict(first.mfc)
+    core.plan = second
+    out: dict[str, list[Any]] = {"add_vif": [], "del_mfc": [], "add_mfc": [], "del_vif": []}
+    for op in core._transition(None):
+        if op.req.op in out:
+            out[op.req.op].append(op.after if op.after is not None else op.before)
+    return out
 
 
-def test_diff_from_nothing() -> None:
+def nothing(c: dict[str, list[Any]]) -> bool:
+    return not any(c.values())
+
+
+def test_changes_from_nothing() -> None:
     p = make_plan("phyint b1\n" + mroute("a1", "a2") + "\n" + mroute("a2", "a1", S6, G6))
-    changes = diff({}, {}, p)
-    assert set(changes.add_vifs) == set(p.vifs.values())
-    assert set(changes.set_mfc) == set(p.mfc.values())
-    assert changes.del_mfc == () and changes.del_vifs == ()
+    c = changes(Plan(IFS), p)
+    assert set(c["add_vif"]) == set(p.vifs.values())
+    assert set(c["add_mfc"]) == set(p.mfc.values())
+    assert c["del_mfc"] == [] and c["del_vif"] == []
 
 
-def test_diff_of_the_same_plan_is_empty() -> None:
+def test_changes_of_the_same_plan_are_none() -> None:
     text = "phyint b1\n" + mroute("a1", "a2 a3") + "\n" + mroute("a2", "a1", S6, G6)
     p = make_plan(text)
-    assert not diff(p.vifs, p.mfc, p)
-    again = make_plan(text, installed=p.vifs)
-    changes = diff(p.vifs, p.mfc, again)
-    assert changes == Changes()
-    assert not changes
+    assert nothing(changes(p, p))
+    assert nothing(changes(p, make_plan(text, installed=p.vifs)))
 
 
-def test_diff_ignores_names_and_line_numbers() -> None:
+def test_changes_ignore_names_and_line_numbers() -> None:
     first = make_plan(mroute("a1", "a2"))
     second = make_plan("# moved down a line\n" + mroute("a1", "a2"), installed=first.vifs)
-    assert not diff(first.vifs, first.mfc, second)
+    assert nothing(changes(first, second))
 
 
-def test_diff_changed_oifs() -> None:
+def test_changed_oifs() -> None:
     first = make_plan(mroute("a1", "a2 a3") + "\n" + mroute("a1", "a2", source="10.0.0.2"))
     second = make_plan(mroute("a1", "a2") + "\n" + mroute("a1", "a2", source="10.0.0.2"),
                        installed=first.vifs)
-    changes = diff(first.vifs, first.mfc, second)
-    assert [m.key for m in changes.set_mfc] == [key(S, G)]
-    assert changes.set_mfc[0].kernel == (0, ((1, 1),))
-    assert changes.add_vifs == ()
-    assert changes.del_mfc == ()
-    assert {(v.family, v.name) for v in changes.del_vifs} == {(4, "a3"), (6, "a3")}
+    c = changes(first, second)
+    assert [m.key for m in c["add_mfc"]] == [key(S, G)]
+    assert c["add_mfc"][0].kernel == (0, ((1, 1),))
+    assert c["add_vif"] == [] and c["del_mfc"] == []
+    assert {(v.family, v.name) for v in c["del_vif"]} == {(4, "a3"), (6, "a3")}
 
 
-def test_diff_changed_ttl_is_a_change() -> None:
+def test_changed_ttl_is_a_change() -> None:
     first = make_plan(mroute("a1", "a2"))
     second = make_plan("phyint a2 ttl-threshold 3\n" + mroute("a1", "a2"), installed=first.vifs)
-    changes = diff(first.vifs, first.mfc, second)
-    assert [m.kernel for m in changes.set_mfc] == [(0, ((1, 3),))]
-    assert changes.add_vifs == () and changes.del_vifs == ()
+    c = changes(first, second)
+    assert [m.kernel for m in c["add_mfc"]] == [(0, ((1, 3),))]
+    assert c["add_vif"] == [] and c["del_vif"] == []
 
 
-def test_diff_changed_iif() -> None:
+def test_changed_iif() -> None:
     first = make_plan(mroute("a1", "a2"))
-    second = make_plan(mroute("a2", "a1"), installed=first.vifs)
-    changes = diff(first.vifs, first.mfc, second)
-    assert [m.kernel for m in changes.set_mfc] == [(1, ((0, 1),))]
-    assert changes.del_mfc == ()
+    c = changes(first, make_plan(mroute("a2", "a1"), installed=first.vifs))
+    assert [m.kernel for m in c["add_mfc"]] == [(1, ((0, 1),))]
+    assert c["del_mfc"] == []
 
 
-def test_diff_removed_route_and_unused_interfaces() -> None:
+def test_removed_route_and_unused_interfaces() -> None:
     first = make_plan(mroute("a1", "a2") + "\n" + mroute("b1", "b2", S6, G6))
-    second = make_plan(mroute("a1", "a2"), installed=first.vifs)
-    changes = diff(first.vifs, first.mfc, second)
-    assert changes.add_vifs == () and changes.set_mfc == ()
-    assert [m.key for m in changes.del_mfc] == [key(S6, G6)]
-    assert {(v.family, v.name) for v in changes.del_vifs} == {
+    c = changes(first, make_plan(mroute("a1", "a2"), installed=first.vifs))
+    assert c["add_vif"] == [] and c["add_mfc"] == []
+    assert [m.key for m in c["del_mfc"]] == [key(S6, G6)]
+    assert {(v.family, v.name) for v in c["del_vif"]} == {
         (4, "b1"), (6, "b1"), (4, "b2"), (6, "b2")}
 
 
-def test_diff_everything_removed() -> None:
+def test_everything_removed() -> None:
     first = make_plan(mroute("a1", "a2"))
-    changes = diff(first.vifs, first.mfc, Plan())
-    assert set(changes.del_vifs) == set(first.vifs.values())
-    assert set(changes.del_mfc) == set(first.mfc.values())
-    assert changes.add_vifs == () and changes.set_mfc == ()
+    c = changes(first, Plan(IFS))
+    assert set(c["del_vif"]) == set(first.vifs.values())
+    assert set(c["del_mfc"]) == set(first.mfc.values())
+    assert c["add_vif"] == [] and c["add_mfc"] == []
 
 
-# -- diff applied through the helper's policy -----------------------------------------------------
+# -- changes applied through the helper's policy ---------------------------------------------------
 
 
-def apply_changes(state: HelperState, changes: Changes) -> list[tuple[Any, int]]:
-    """Run the operations in Changes order through check()/apply(); return refusals."""
+def apply_changes(state: HelperState, c: dict[str, list[Any]]) -> list[tuple[Any, int]]:
+    """Run the operations in the core's order through check()/apply(); return refusals."""
     refused = []
     reqs: list[Any] = [
-        *(AddVif(1, v.family, v.vif, v.ifindex, v.threshold) for v in changes.add_vifs),
+        *(AddVif(1, v.family, v.vif, v.ifindex, v.threshold) for v in c["add_vif"]),
+        *(DelMfc(1, m.key.family, m.key.source, m.key.group) for m in c["del_mfc"]),
         *(AddMfc(1, m.key.family, m.key.source, m.key.group, m.iif, m.oifs)
-          for m in changes.set_mfc),
-        *(DelMfc(1, m.key.family, m.key.source, m.key.group) for m in changes.del_mfc),
-        *(DelVif(1, v.family, v.vif) for v in changes.del_vifs),
+          for m in c["add_mfc"]),
+        *(DelVif(1, v.family, v.vif) for v in c["del_vif"]),
     ]
     for req in reqs:
         assert parse_request(to_wire(req)) == req  # never a protocol violation
@@ -802,7 +812,7 @@ def apply_changes(state: HelperState, changes: Changes) -> list[tuple[Any, int]]
 
 def installed_state(p: Plan) -> HelperState:
     state = HelperState()
-    assert apply_changes(state, diff({}, {}, p)) == []
+    assert apply_changes(state, changes(Plan(IFS), p)) == []
     return state
 
 
@@ -812,7 +822,7 @@ def test_recreated_interface_changes_are_accepted_by_the_helper() -> None:
     ifs = dict(IFS)
     ifs["a1"] = Interface("a1", 99, True)
     second = make_plan(mroute("a1", "a2"), ifs, installed=first.vifs)
-    assert apply_changes(state, diff(first.vifs, first.mfc, second)) == []
+    assert apply_changes(state, changes(first, second)) == []
     assert state.vifs == {4: {1: IFS["a2"].index, 2: 99}, 6: {1: IFS["a2"].index, 2: 99}}
 
 
@@ -824,7 +834,7 @@ def test_renamed_interface_changes_are_accepted_by_the_helper() -> None:
     ifs = {("b9" if k == "a1" else k): Interface("b9" if k == "a1" else k, v.index, v.multicast)
            for k, v in IFS.items()}
     second = make_plan(mroute("b9", "a2"), ifs, installed=first.vifs)
-    assert apply_changes(state, diff(first.vifs, first.mfc, second)) == []
+    assert apply_changes(state, changes(first, second)) == []
     assert state.mfc == {(4, key(S, G).source, key(S, G).group)}
 
 
@@ -908,7 +918,6 @@ def plan_invariants(p: Plan, ifs: dict[str, Interface]) -> None:
         assert m.iif in slots_of
         oif_vifs = [vif for vif, _ in m.oifs]
         assert oif_vifs == sorted(set(oif_vifs))
-        assert m.iif not in oif_vifs
         assert set(oif_vifs) <= slots_of
         assert all(1 <= ttl <= 255 for _, ttl in m.oifs)
         assert len(m.oifs) <= 32
@@ -917,15 +926,14 @@ def plan_invariants(p: Plan, ifs: dict[str, Interface]) -> None:
     for t in p.templates:
         assert isinstance(t.rule, Mroute) and not t.rule.is_ssm
         assert (4, t.iif) in p.vifs and (6, t.iif) in p.vifs
-        assert t.iif not in t.oifs
         for name, ttl in t.oifs.items():
             assert (4, name) in p.vifs and (6, name) in p.vifs
             assert 1 <= ttl <= 255
     assert len(p.errors) == sum(1 for d in p.diagnostics if d.error)
     for d in p.diagnostics:
         assert d.where is None or d.where.file == FILE
-        # the strategy makes no join ranges: nothing is an error
-        assert not d.error
+        # the strategy makes no join ranges: the only error is a repeated join
+        assert not d.error or d.message.startswith("Already joined")
     def usable(pattern: str) -> bool:
         return any(ifs[name].multicast for name in match(pattern, ifs))
 
@@ -986,7 +994,7 @@ def test_property_plan(text: str, ifs: dict[str, Interface], default_enable: boo
     again = make_plan(text, ifs, installed=p.vifs, default_enable=default_enable)
     assert again.vifs == p.vifs
     assert {k: m.kernel for k, m in again.mfc.items()} == {k: m.kernel for k, m in p.mfc.items()}
-    assert not diff(p.vifs, p.mfc, again)
+    assert nothing(changes(p, again))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1002,8 +1010,7 @@ def test_property_reload(text1: str, text2: str, ifs1: dict[str, Interface],
         old = first.vifs.get(k)
         if old is not None and old.ifindex == v.ifindex:
             assert old == v
-    changes = diff(first.vifs, first.mfc, second)
-    assert apply_changes(state, changes) == []
+    assert apply_changes(state, changes(first, second)) == []
     # the helper ends up holding exactly the target
     for family in (4, 6):
         assert state.vifs[family] == {v.vif: v.ifindex for (fam, _), v in second.vifs.items()
@@ -1011,7 +1018,7 @@ def test_property_reload(text1: str, text2: str, ifs1: dict[str, Interface],
     assert state.mfc == {(k.family, k.source, k.group) for k in second.mfc}
     # and a third plan from there changes nothing
     third = make_plan(text2, ifs2, installed=second.vifs)
-    assert not diff(second.vifs, second.mfc, third)
+    assert nothing(changes(second, third))
 
 
 def test_only_source_specific_rules_reach_the_mfc() -> None:

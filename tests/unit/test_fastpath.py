@@ -1,13 +1,11 @@
 """The helper's (*,G) fast path: policy/fastpath.py, the helper's use of it
-(privileged/server.py) and the controller's books (unprivileged/flows.py)."""
+(privileged/server.py) and the core's books (unprivileged/flows.py, core.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +17,12 @@ from smcroute.policy import helper as policy
 from smcroute.policy.fastpath import FastPath
 from smcroute.privileged.server import Server
 from smcroute.unprivileged.config import parse_text
-from smcroute.unprivileged.engine import plan
-from smcroute.unprivileged.flows import FAST_CHUNK, FlowTable, Limits
-from smcroute.unprivileged.learn import Templates, fast_templates
+from smcroute.unprivileged.engine import Plan, plan
+from smcroute.unprivileged.flows import FAST_CHUNK, FlowTable, Limits, fast_templates
 from smcroute.unprivileged.model import Interface
 
-from .fakes import FakeKernel, FakeLog
-from .test_controller_bookkeeping import reloading
+from .corehelp import Harness
+from .fakes import FakeKernel
 
 S4 = bytes([10, 0, 0, 1])
 NET = bytes([225, 1, 0, 0])  # 225.1.0.0/16
@@ -184,102 +181,80 @@ mroute from a source 10.0.0.0/8 group 225.2.0.0/16 to b
 IFACES = {"a": Interface("a", 10, True), "b": Interface("b", 11, True)}
 
 
-def table(limits: Limits) -> tuple[FlowTable, list[Any], tuple[Template, ...]]:
+def table(limits: Limits) -> tuple[FlowTable, Any, Any, Plan]:
     target = plan(parse_text(CONFIG, "t.conf"), IFACES, {})
-    flows = FlowTable(FakeLog(), limits)  # type: ignore[arg-type]
-    flows.templates = Templates(target.templates)
-    flows.vifs_by_name = dict(target.vifs)
-    routes, wire = fast_templates(target.templates, target.vifs, 64)
-    return flows, routes, wire
+    flows = FlowTable(limits)
+    routes, wire = fast_templates(target, 64)
+    return flows, routes, wire, target
 
 
 def test_templates_for_the_helper_are_networks_in_config_order() -> None:
-    _, routes, wire = table(Limits())
-    assert [r.rule.group.address for r in routes] == [ipaddress.IPv4Address("225.1.0.0"),
-                                                      ipaddress.IPv4Address("225.2.0.0")]
+    _, routes, wire, target = table(Limits())
+    assert [r.rule[2].address for r in routes] == [ipaddress.IPv4Address("225.1.0.0"),
+                                                   ipaddress.IPv4Address("225.2.0.0")]
     assert wire[0] == Template(4, 0, bytes(4), 0, NET, 16, ((1, 1),))
     assert wire[1] == Template(4, 0, b4("10.0.0.0"), 8, b4("225.2.0.0"), 16, ((1, 1),))
     for t in wire:  # and the helper's policy accepts them
         policy.parse_request(to_wire(SetTemplates(1, 1, (t,))))
-    assert fast_templates(routes, {}, 64) == ([], ())  # no VIFs: nothing (a prefix)
-    assert fast_templates(routes, dict(plan(parse_text(CONFIG, "t.conf"), IFACES, {}).vifs),
-                          1)[0] == routes[:1]
+    assert fast_templates(target, 1)[0] == routes[:1]
+    target.vifs.clear()
+    assert fast_templates(target, 64) == ((), ())  # no VIFs: nothing (a prefix)
 
 
 def test_reserve_is_paid_with_tokens_and_counts_against_the_budget() -> None:
-    flows, routes, wire = table(Limits(max_learned=10_000, max_per_rule=1000,
-                                       upcall_rate=1000))
+    flows, routes, wire, target = table(Limits(max_learned=10_000, max_per_rule=1000,
+                                               upcall_rate=1000))
     flows.fast_reset(1, routes, wire)
     limits = flows.top_up(0.0)
     assert limits == (FAST_CHUNK, FAST_CHUNK)
     assert flows.reserved_total == 2 * FAST_CHUNK
     assert flows.bucket.tokens == 1000 - 2 * FAST_CHUNK
     assert flows.top_up(0.0) is None  # reserves are full
-    d = flows.fast_learned(Upcall(4, "learned", 0, S4, b4("225.1.0.1"), 1, 0), "a")
-    assert d is not None and d.rule is routes[0].rule and d.mfc.oif_names == ("b",)
-    flows.installed(d, 0.0)
+    f = flows.fast_learned(Upcall(4, "learned", 0, S4, b4("225.1.0.1"), 1, 0), "a",
+                           target.vifs, 0.0)
+    assert f is not None and f.rule == routes[0].rule and f.entry.oif_names == ("b",)
     assert (flows.total, flows.reserved_total) == (1, 2 * FAST_CHUNK - 1)
     # an old generation's flow or a wrong inbound interface is not booked
-    assert flows.fast_learned(Upcall(4, "learned", 0, S4, b4("225.1.0.2"), 0, 0), "a") is None
-    assert flows.fast_learned(Upcall(4, "learned", 0, S4, b4("225.1.0.2"), 1, 0), "b") is None
+    for u, iif in ((Upcall(4, "learned", 0, S4, b4("225.1.0.2"), 0, 0), "a"),
+                   (Upcall(4, "learned", 0, S4, b4("225.1.0.2"), 1, 0), "b")):
+        assert flows.fast_learned(u, iif, target.vifs, 0.0) is None
 
 
 @pytest.mark.parametrize("limits", [
     Limits(max_learned=100), Limits(max_per_rule=100), Limits(upcall_rate=1)])
 def test_no_reserve_near_a_cap_or_without_tokens(limits: Limits) -> None:
-    flows, routes, wire = table(limits)
+    flows, routes, wire, _ = table(limits)
     flows.fast_reset(1, routes, wire)
     assert flows.top_up(0.0) is None  # every flow is decided by the controller, exactly
 
 
-# -- the controller: templates pushed, flows booked, stale ones removed --------------------------
+# -- the core: templates pushed, flows booked, stale ones removed ---------------------------------
 
 RELOADED = CONFIG + "mroute from a group 225.9.0.0/16 to b\n"  # one more template
 
 
-def test_controller_keeps_the_helper_fast_path_in_step(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    c, inner, kernel, conf = reloading(tmp_path, monkeypatch, IFACES)
-    helper = inner.server.state
+def test_the_core_keeps_the_helper_fast_path_in_step() -> None:
+    h = Harness(CONFIG, IFACES)
+    helper = h.server.state
     g1, g2 = b4("225.1.0.1"), b4("225.1.0.2")
-
-    def fast_install(group: bytes) -> Upcall:
-        """What the helper's fast path does for a NOCACHE upcall on VIF 0."""
-        index = helper.fast.match(4, 0, S4, group)
-        assert index is not None
-        kernel.add_mfc(4, S4, group, 0, helper.fast.templates[index].oifs)
-        helper.fast.take(index)
-        return Upcall(4, "learned", 0, S4, group, helper.fast.generation, index)
-
-    async def settle() -> None:
-        for _ in range(5):
-            await asyncio.sleep(0)
-
-    async def scenario() -> None:
-        conf.write_text(CONFIG)
-        await c.reload()
-        await settle()
-        assert helper.fast.templates == c.state.flows.fast.wire != ()
-        assert helper.fast.limits == [FAST_CHUNK, FAST_CHUNK]  # room, paid with tokens
-        # a flow the helper installed is booked like one we installed
-        c.on_upcalls([fast_install(g1)])
-        key = next(k for k in c.mfc if k.group == g1)
-        assert c.mfc[key].oif_names == ("b",) and key in c.state.flows.flows
-        # the templates change: a new generation; the old one's flows are removed
-        late = fast_install(g2)
-        conf.write_text(RELOADED)
-        await c.reload()
-        await settle()
-        assert helper.fast.generation == c.state.flows.fast.generation > late.generation
-        c.on_upcalls([late])
-        await settle()
-        assert (4, S4, g2) not in kernel.mfc
-        assert all(k.group != g2 for k in c.mfc)
-        # the flow booked before the change stays, re-planned like any learned route
-        assert c.mfc[key].oif_names == ("b",) and key in c.state.flows.flows
-
-    asyncio.run(scenario())
-    assert inner.refused == []
+    assert helper.fast.templates == h.core.flows.fast.wire != ()
+    assert helper.fast.limits == [FAST_CHUNK, FAST_CHUNK]  # room, paid with tokens
+    # a flow the helper installed is booked like one we installed
+    h.upcall("nocache", 4, 0, S4, g1)
+    key = next(k for k in h.core.ledger.mfc if k.group == g1)
+    assert h.core.ledger.mfc[key].oif_names == ("b",) and key in h.core.flows.flows
+    # the templates change: a new generation; the old one's flows are removed
+    index = h.server.install_fast(4, 0, S4, g2)
+    assert index is not None
+    late = Upcall(4, "learned", 0, S4, g2, helper.fast.generation, index)
+    h.reload(RELOADED)
+    assert helper.fast.generation == h.core.flows.fast.generation > late.generation
+    h.perform(h.core.upcalls([late], h.now))
+    assert (4, S4, g2) not in h.kernel.mfc
+    assert all(k.group != g2 for k in h.core.ledger.mfc)
+    # the flow booked before the change stays, re-planned like any learned route
+    assert h.core.ledger.mfc[key].oif_names == ("b",) and key in h.core.flows.flows
+    h.check_settled()
 
 
 # -- budgets hold, whoever installs ----------------------------------------------------------------
@@ -299,8 +274,8 @@ def test_budgets_hold_with_the_fast_path(max_learned: int, max_per_rule: int, ra
     """Whatever the order of reserves, helper installs, controller
     decisions and forgotten flows: learned routes plus reserves never exceed
     a budget, and the reserves are what the helper may still install."""
-    flows, routes, wire = table(Limits(max_learned=max_learned, max_per_rule=max_per_rule,
-                                       upcall_rate=rate))
+    flows, routes, wire, target = table(Limits(max_learned=max_learned,
+                                               max_per_rule=max_per_rule, upcall_rate=rate))
     flows.fast_reset(1, routes, wire)
     now, serial = 0.0, iter(range(10**6))
 
@@ -315,15 +290,12 @@ def test_budgets_hold_with_the_fast_path(max_learned: int, max_per_rule: int, ra
         elif op == "helper":  # it installs within its limit; the controller books each
             for _ in range(min(n, flows.fast.limits[i] - flows.fast.used[i])):
                 u = Upcall(4, "learned", 0, S4, new_group(i), flows.fast.generation, i)
-                d = flows.fast_learned(u, "a")
-                assert d is not None
-                flows.installed(d, now)
+                assert flows.fast_learned(u, "a", target.vifs, now) is not None
         elif op == "controller":
             batch = [Upcall(4, "nocache", 0, S4, new_group(i)) for _ in range(n)]
-            for d in flows.decide(batch, now, lambda f, v: "a", {}):
-                flows.installed(d, now)
+            flows.decide(batch, now, target, {(4, 0): "a"}, {})
         elif op == "forget":
-            flows.forget(list(flows.flows)[:n])
+            flows.remove(list(flows.flows)[:n])
         reserve = {r.rule: 0 for r in routes}
         for route, used, limit in zip(routes, flows.fast.used, flows.fast.limits, strict=True):
             assert used <= limit

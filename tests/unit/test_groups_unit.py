@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from smcroute.ipc.control import ControlRequest
-from smcroute.unprivileged import groups, show
+from smcroute.unprivileged import commands, groups, show
 from smcroute.unprivileged.commands import (
     CommandError,
-    Rules,
+    Lines,
     edit,
     group_from_args,
 )
@@ -34,29 +34,47 @@ from smcroute.unprivileged.membership import (
     Memberships,
     group_req,
 )
-from smcroute.unprivileged.model import Interface, Mgroup, Pending
+from smcroute.unprivileged.model import Config, Interface, Mgroup, Pending
 
 FILE = "/etc/smcroute.conf"
 
 
 
 def join_rule(conf, rule):
-    rules = Rules(conf)
-    rules.join(rule)
-    return rules.result()
+    lines = Lines(conf)
+    commands._join(lines, plan(Config(conf), IFS), rule)
+    return tuple(lines)
 
 
 def leave_rule(conf, rule):
-    rules = Rules(conf)
-    rules.leave(rule)
-    return rules.result()
+    lines = Lines(conf)
+    commands._leave(lines, plan(Config(conf), IFS), rule)
+    return tuple(lines)
 
 
 def edit_directives(conf, req, ifs):
-    """One edit through commands.Rules, as the controller makes them."""
-    rules = Rules(conf)
-    rule = edit(rules, req, ifs)
-    return rules.result(), rule
+    """One edit through commands.edit, as the core makes them."""
+    lines = Lines(conf)
+    rule = edit(lines, plan(Config(conf), ifs), req)
+    return tuple(lines), rule
+
+
+def apply(m, target):
+    """Memberships to exactly target: leave what it lacks, join what it adds
+    (what the core asks of the pool), keeping the newest rule of each."""
+    leave = [mm for mm, _ in m.joined.values() if mm.key not in target]
+    join = [mm for k, mm in target.items() if k not in m.joined]
+    errors = m.change(leave, join)
+    for k, mm in target.items():
+        if k in m.joined:
+            m.joined[k] = (mm, m.joined[k][1])
+    return errors
+
+
+def held(m):
+    """What the pool has joined."""
+    return [mm for mm, _ in m.joined.values()]
+
 
 def rules(text: str) -> list[Mgroup]:
     cfg = parse_text(text, FILE)
@@ -358,11 +376,11 @@ def test_a_group_range_spreads_by_igmp_max_memberships():
     kernel = JoinKernel(max_groups=20)
     m = pool(kernel)
     want = target("mgroup from a1 group 225.1.2.40/24")
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     assert len(kernel.open()) == 13  # ceil(256 / 20)
     assert max(per_socket(kernel)) == 20
     assert kernel.joined() == {(3, k[3], None) for k in want}
-    assert {mm.key for mm in m.memberships()} == set(want)
+    assert {mm.key for mm in held(m)} == set(want)
     assert all(opt == MCAST_JOIN_GROUP and lvl == socket.IPPROTO_IP
                for _, lvl, opt, _ in kernel.calls)
     assert len(kernel.calls) == 256  # no failed attempt: the limit was known
@@ -372,7 +390,7 @@ def test_a_source_range_spreads_by_igmp_max_msf():
     kernel = JoinKernel(max_sources=10)
     m = pool(kernel)
     want = target("mgroup from a1 source 10.0.0.1/26 group 225.1.1.1")
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     assert len(kernel.open()) == 7  # ceil(64 / 10)
     assert all(len(srcs) <= 10 for s in kernel.open() for srcs in s.groups.values())
     assert kernel.joined() == {(3, packed("225.1.1.1"), k[2]) for k in want}
@@ -383,7 +401,7 @@ def test_sources_and_groups_together():
     kernel = JoinKernel()
     m = pool(kernel)
     want = target("mgroup from a1 source 10.0.0.0/28 group 225.1.1.0/28")  # 16 x 16
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     assert len(kernel.joined()) == 256
     for s in kernel.open():
         assert len(s.groups) <= 20
@@ -393,9 +411,9 @@ def test_sources_and_groups_together():
 def test_ipv6_has_no_group_limit_and_mld_max_msf_sources():
     kernel = JoinKernel(max_sources6=64)
     m = pool(kernel)
-    assert m.apply(target("mgroup from a1 group ff0e::100/120")) == []
+    assert apply(m, target("mgroup from a1 group ff0e::100/120")) == []
     assert len(kernel.open()) == 1
-    assert m.apply({**target("mgroup from a1 group ff0e::100/120"),
+    assert apply(m, {**target("mgroup from a1 group ff0e::100/120"),
                     **target("mgroup from a1 source fd00::/121 group ff3e::1")}) == []
     srcs = [len(s.groups.get((3, packed("ff3e::1"))) or ()) for s in kernel.open()]
     assert sorted(n for n in srcs if n) == [64, 64]
@@ -406,7 +424,7 @@ def test_ipv6_has_no_group_limit_and_mld_max_msf_sources():
 def test_families_do_not_share_sockets():
     kernel = JoinKernel()
     m = pool(kernel)
-    assert m.apply({**target("mgroup from a1 group 225.1.1.1"),
+    assert apply(m, {**target("mgroup from a1 group 225.1.1.1"),
                     **target("mgroup from a1 group ff0e::1")}) == []
     assert sorted(s.family for s in kernel.open()) == [4, 6]
 
@@ -417,7 +435,7 @@ def test_any_source_and_source_specific_of_one_group_use_different_sockets():
     both = {**target("mgroup from a1 group 225.1.1.1"),
             **target("mgroup from a1 source 10.0.0.1 group 225.1.1.1"),
             **target("mgroup from a1 source 10.0.0.2 group 225.1.1.1")}
-    assert m.apply(both) == []
+    assert apply(m, both) == []
     assert len(kernel.open()) == 2
     assert len(kernel.joined()) == 3
 
@@ -427,7 +445,7 @@ def test_the_same_group_on_two_interfaces_shares_a_socket():
     m = pool(kernel)
     want = {**target("mgroup from a1 group 225.1.1.1", ifindex=3),
             **target("mgroup from a1 group 225.1.1.1", ifname="a2", ifindex=4)}
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     assert len(kernel.open()) == 1 and per_socket(kernel) == [2]
 
 
@@ -435,7 +453,7 @@ def test_enobufs_lowers_the_group_limit_and_moves_on():
     kernel = JoinKernel(max_groups=5)  # the kernel allows fewer than we believe
     m = pool(kernel, max_groups=20)
     want = target("mgroup from a1 group 225.1.1.0/26")  # 64 groups
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     assert kernel.joined() == {(3, k[3], None) for k in want}
     assert m.max_groups[4] == 5
     assert max(per_socket(kernel)) <= 5
@@ -448,7 +466,7 @@ def test_enobufs_lowers_the_source_limit_and_moves_on():
     kernel = JoinKernel(max_sources=3)
     m = pool(kernel, max_sources=10)
     want = target("mgroup from a1 source 10.0.0.0/28 group 225.1.1.1")
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     assert len(kernel.joined()) == 16
     assert m.max_sources[4] == 3
     assert len(kernel.open()) == 6  # ceil(16 / 3)
@@ -460,10 +478,10 @@ def test_enobufs_everywhere_fails_bounded_and_leaks_no_socket():
     without memberships stays open."""
     kernel = JoinKernel(max_groups=0)
     m = pool(kernel)
-    errors = m.apply(target("mgroup from a1 group 225.1.1.1"))
+    errors = apply(m, target("mgroup from a1 group 225.1.1.1"))
     assert len(errors) == 1 and "225.1.1.1" in errors[0][1], errors
     assert len(kernel.calls) <= 64
-    assert list(m.memberships()) == []
+    assert list(held(m)) == []
     assert [s for s in kernel.open() if not s.groups] == [], (
         f"{len(kernel.open())} empty sockets left open")
 
@@ -471,10 +489,10 @@ def test_enobufs_everywhere_fails_bounded_and_leaks_no_socket():
 def test_eaddrinuse_counts_as_joined_already():
     kernel = JoinKernel(fail={"225.1.1.2": errno.EADDRINUSE})
     m = pool(kernel)
-    errors = m.apply(target("mgroup from a1 group 225.1.1.1/30"))
+    errors = apply(m, target("mgroup from a1 group 225.1.1.1/30"))
     assert errors == []
-    assert packed("225.1.1.2") not in {mm.group for mm in m.memberships()}
-    assert len(list(m.memberships())) == 3
+    assert packed("225.1.1.2") not in {mm.group for mm in held(m)}
+    assert len(list(held(m))) == 3
 
 
 def test_other_errors_are_reported_with_group_interface_and_reason():
@@ -482,12 +500,12 @@ def test_other_errors_are_reported_with_group_interface_and_reason():
     m = pool(kernel)
     want = {**target("mgroup from a1 group 225.1.1.1/30"),
             **target("mgroup from a1 source fd00::1 group ff0e::2")}
-    errors = m.apply(want)
+    errors = apply(m, want)
     texts = sorted(e for _, e in errors)
     assert texts == [
         f"Failed joining group (*, 225.1.1.2) on a1: {os.strerror(errno.EINVAL)}",
         f"Failed joining group (fd00::1, ff0e::2) on a1: {os.strerror(errno.ENODEV)}"]
-    assert {text_of(mm.group) for mm in m.memberships()} == {"225.1.1.0", "225.1.1.1",
+    assert {text_of(mm.group) for mm in held(m)} == {"225.1.1.0", "225.1.1.1",
                                                              "225.1.1.3"}
     assert [e[0].key for e in errors if "225" in e[1]] == [(3, 4, None, packed("225.1.1.2"))]
 
@@ -497,27 +515,27 @@ def test_apply_touches_only_the_difference():
     m = pool(kernel)
     first = target("mgroup from a1 group 225.1.1.1", "mgroup from a1 group 225.1.1.2",
                    "mgroup from a1 source 10.0.0.1 group 225.1.1.3")
-    assert m.apply(first) == []
+    assert apply(m, first) == []
     kernel.calls.clear()
     second = target("mgroup from a1 group 225.1.1.1", "mgroup from a1 group 225.1.1.4",
                     "mgroup from a1 source 10.0.0.1 group 225.1.1.3")
-    assert m.apply(second) == []
+    assert apply(m, second) == []
     touched = [(opt, text_of(decode(v)[1])) for _, _, opt, v in kernel.calls]
     assert touched == [(MCAST_LEAVE_GROUP, "225.1.1.2"), (MCAST_JOIN_GROUP, "225.1.1.4")]
     kernel.calls.clear()
-    assert m.apply(second) == [] and kernel.calls == []
+    assert apply(m, second) == [] and kernel.calls == []
 
 
 def test_apply_keeps_the_newest_rule_for_show():
     kernel = JoinKernel()
     m = pool(kernel)
     old = target("mgroup from a1 group 225.1.1.0/30")
-    assert m.apply(old) == []
+    assert apply(m, old) == []
     new = target("mgroup from a1 group 225.1.1.1")
     kernel.calls.clear()
-    assert m.apply(new) == []
+    assert apply(m, new) == []
     assert len(kernel.calls) == 3  # three leaves, the shared group stays
-    (only,) = m.memberships()
+    (only,) = held(m)
     assert only.rule.group.length == 32
 
 
@@ -526,17 +544,17 @@ def test_leave_uses_the_joining_socket_and_the_same_request():
     m = pool(kernel)
     want = target("mgroup from a1 group 225.1.1.0/27",  # 32 groups: two sockets
                   "mgroup from a1 source 10.0.0.1 group 225.1.2.1")
-    assert m.apply(want) == []
+    assert apply(m, want) == []
     joins = {decode(v): (s, v) for s, _, opt, v in kernel.calls}
     kernel.calls.clear()
-    assert m.apply({}) == []
+    assert apply(m, {}) == []
     assert len(kernel.calls) == 33
     for sock, _, opt, value in kernel.calls:
         what = decode(value)
         assert (sock, value) == joins[what]
         assert opt == (MCAST_LEAVE_GROUP if what[2] is None else MCAST_LEAVE_SOURCE_GROUP)
     assert kernel.open() == [] and m.sockets == []
-    assert list(m.memberships()) == []
+    assert list(held(m)) == []
 
 
 def test_leave_closes_a_socket_once_empty_and_keeps_the_others():
@@ -544,16 +562,16 @@ def test_leave_closes_a_socket_once_empty_and_keeps_the_others():
     m = pool(kernel)
     all25 = target("mgroup from a1 group 225.1.1.0/27")
     keep = dict(list(all25.items())[:20])  # the first socket's groups
-    assert m.apply(all25) == []
+    assert apply(m, all25) == []
     first, second = kernel.open()
     assert len(first.groups) == 20
-    assert m.apply(keep) == []
+    assert apply(m, keep) == []
     assert second.closed and not first.closed
     assert kernel.open() == [first] and len(m.sockets) == 1
     # a freed slot is used again before a new socket is opened
     rest = dict(list(keep.items())[1:])
-    assert m.apply(rest) == []
-    assert m.apply({**rest, **target("mgroup from a1 group 225.9.9.9")}) == []
+    assert apply(m, rest) == []
+    assert apply(m, {**rest, **target("mgroup from a1 group 225.9.9.9")}) == []
     assert len(kernel.sockets) == 2 and kernel.open() == [first]
     assert (3, packed("225.9.9.9")) in first.groups
 
@@ -562,9 +580,9 @@ def test_leaving_one_source_keeps_the_others_of_the_group():
     kernel = JoinKernel()
     m = pool(kernel)
     both = target("mgroup from a1 source 10.0.0.0/31 group 225.1.1.1")
-    assert m.apply(both) == []
+    assert apply(m, both) == []
     one = dict(list(both.items())[:1])
-    assert m.apply(one) == []
+    assert apply(m, one) == []
     assert kernel.joined() == {(3, packed("225.1.1.1"), packed("10.0.0.0"))}
     assert len(kernel.open()) == 1
 
@@ -572,20 +590,20 @@ def test_leaving_one_source_keeps_the_others_of_the_group():
 def test_leave_survives_a_vanished_interface():
     kernel = JoinKernel()
     m = pool(kernel)
-    assert m.apply(target("mgroup from a1 group 225.1.1.1")) == []
+    assert apply(m, target("mgroup from a1 group 225.1.1.1")) == []
     kernel.fail["225.1.1.1"] = errno.ENODEV
-    assert m.apply({}) == []
-    assert list(m.memberships()) == [] and kernel.open() == []
+    assert apply(m, {}) == []
+    assert list(held(m)) == [] and kernel.open() == []
 
 
 def test_close_closes_every_socket():
     kernel = JoinKernel()
     m = pool(kernel)
-    assert m.apply({**target("mgroup from a1 group 225.1.1.0/26"),
+    assert apply(m, {**target("mgroup from a1 group 225.1.1.0/26"),
                     **target("mgroup from a1 group ff0e::1")}) == []
     assert len(kernel.open()) == 5
     m.close()
-    assert kernel.open() == [] and list(m.memberships()) == []
+    assert kernel.open() == [] and list(held(m)) == []
 
 
 def test_limits_are_read_from_proc_sys(tmp_path, monkeypatch):
@@ -661,14 +679,14 @@ def test_plan_missing_interface_is_pending():
     assert p.errors == []
 
 
-def test_plan_duplicate_line_is_a_warning_and_joins_once():
+def test_plan_duplicate_line_is_an_error_and_joins_once():
     text = ("mgroup from a1 group 225.1.1.1\n"
             "mgroup from a1 source 10.0.0.1 group 225.1.1.2\n"
             "mgroup from a1 group 225.1.1.1\n"
             "mgroup from a1 source 10.0.0.1/24 group 225.1.1.2\n")
     p = make_plan(text)
     assert [g.where.line for g in p.groups] == [1, 2]
-    assert p.errors == []
+    assert p.errors == p.diagnostics  # a repeated join is an error (the line is skipped)
     warned = [(d.where.line, d.message) for d in p.diagnostics]
     assert [line for line, _ in warned] == [3, 4]
     assert "Already joined" in warned[0][1] and "225.1.1.1" in warned[0][1]

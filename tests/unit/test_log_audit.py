@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from smcroute.ipc.helper import AddMfc, AddVif
+from smcroute.policy.control import Peer
+from smcroute.unprivileged.core import Settings
+from smcroute.unprivileged.effects import Log
 from smcroute.unprivileged.levels import PRIORITY
 from smcroute.unprivileged.log import batched, configure
-from smcroute.unprivileged.model import Mfc, MfcKey, Vif
-from smcroute.unprivileged.state import RouteState
 
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, object]]] = []
-
-    def __getattr__(self, level: str):
-        return lambda event, **kw: self.events.append((level, event, kw))
+from .corehelp import FILE, Harness
 
 
 def test_json_lines_on_stderr(capsys) -> None:
@@ -69,25 +63,24 @@ def test_batched_writes_even_when_the_block_fails(capsys) -> None:
 
 
 def test_every_privileged_operation_is_audited() -> None:
-    log = Recorder()
-    state = RouteState(log, PRIORITY["info"])  # type: ignore[arg-type]
-    vif = Vif(4, 0, "a1", 3, 1)
-    key = MfcKey(4, bytes([10, 0, 0, 1]), bytes([225, 1, 2, 3]))
-    mfc = Mfc(key, 0, ((1, 1),), "a1", ("a2",))
-    state.record(AddVif(1, 4, 0, 3, 1), vif, {"id": 1, "ok": True}, "config")
-    state.record(AddMfc(2, 4, key.source, key.group, 0, ((1, 1),)), mfc,
-                 {"id": 2, "ok": False, "errno": 17, "error": "File exists"}, "upcall")
-    audits = [kw for level, event, kw in log.events if event == "audit"]
+    h = Harness("mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2",
+                settings=Settings(conf_path=FILE, level=PRIORITY["info"]))
+    h.kernel.refuse.add((4, bytes([10, 0, 0, 9]), bytes([225, 1, 2, 3])))
+    h.ctl("add", "a1", "10.0.0.9", "225.1.2.3", "a2", peer=Peer(7, 8, 9))
+    audits = [e.fields for e in h.effects if isinstance(e, Log) and e.text == "audit"]
     assert audits == [
         {"op": "add_vif", "what": "VIF 0 a1", "cause": "config", "result": "ok"},
-        {"op": "add_mfc", "what": "(10.0.0.1, 225.1.2.3) from a1", "cause": "upcall",
-         "result": "errno 17: File exists"},
+        {"op": "add_vif", "what": "MIF 0 a1", "cause": "config", "result": "ok"},
+        {"op": "add_vif", "what": "VIF 1 a2", "cause": "config", "result": "ok"},
+        {"op": "add_vif", "what": "MIF 1 a2", "cause": "config", "result": "ok"},
+        {"op": "add_mfc", "what": "(10.0.0.1, 225.1.2.3) from a1", "cause": "config",
+         "result": "ok"},
+        {"op": "add_mfc", "what": "(10.0.0.9, 225.1.2.3) from a1",
+         "cause": "smcroutectl uid=7 pid=9", "result": "errno 12: Cannot allocate memory"},
     ]
-    assert all(level == "info" for level, event, _ in log.events if event == "audit")
+    assert all(e.level == "info" for e in h.effects if isinstance(e, Log) and e.text == "audit")
 
 
 def test_no_audit_below_info() -> None:
-    log = Recorder()
-    state = RouteState(log, PRIORITY["notice"])  # type: ignore[arg-type]
-    state.record(AddVif(1, 4, 0, 3, 1), Vif(4, 0, "a1", 3, 1), {"id": 1, "ok": True})
-    assert not [e for e in log.events if e[1] == "audit"]
+    h = Harness("mroute from a1 source 10.0.0.1 group 225.1.2.3 to a2")
+    assert not [e for e in h.effects if isinstance(e, Log) and e.text == "audit"]

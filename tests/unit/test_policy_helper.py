@@ -317,8 +317,8 @@ OIFS_TABLE: list[tuple[Any, Any]] = [
     (1, None),
     ([[1, 1]] * 2, None),  # duplicate pair
     ([[1, 1], [1, 2]], None),  # duplicate vif
-    ([[0, 1]], None),  # the inbound vif
-    ([[1, 1], [0, 1]], None),
+    ([[0, 1]], ((0, 1),)),  # the inbound vif may be one, as in SMCRoute
+    ([[1, 1], [0, 1]], ((0, 1), (1, 1))),
     ([[1]], None),
     ([[1, 1, 1]], None),
     ([[]], None),
@@ -338,7 +338,7 @@ OIFS_TABLE: list[tuple[Any, Any]] = [
     ([[1, -1]], None),
     ([{"vif": 1, "ttl": 1}], None),
     ([[v % 32, 1] for v in range(1, 34)], None),  # 33 oifs
-    ([[v, 1] for v in range(32)], None),  # 32 oifs always include the iif
+    ([[v, 1] for v in range(32)], tuple((v, 1) for v in range(32))),  # every VIF
 ]
 
 
@@ -361,9 +361,11 @@ def test_more_than_max_oifs_is_refused_before_anything_else() -> None:
 
 
 def test_iif_among_oifs_whatever_the_iif() -> None:
-    for iif in range(limits.MAXVIFS):
-        with pytest.raises(Violation):
-            parse_request(with_(valid("add_mfc"), iif=iif, oifs=[[iif, 1]]))
+    # SMCRoute installs it (point-to-multipoint links need it), both families
+    for family in (4, 6):
+        for iif in range(limits.MAXVIFS):
+            req = parse_request(with_(valid("add_mfc", family), iif=iif, oifs=[[iif, 1]]))
+            assert req.oifs == ((iif, 1),)
 
 
 # -- batches -----------------------------------------------------------------------------

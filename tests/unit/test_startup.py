@@ -17,7 +17,8 @@ import pytest
 import structlog
 from smcroute.policy import helper as policy
 from smcroute.privileged.server import Server
-from smcroute.unprivileged import interfaces, state
+from smcroute.unprivileged import boot as boot_module
+from smcroute.unprivileged import interfaces
 from smcroute.unprivileged.boot import Booted, boot, describe_exit, report_helper_lost
 from smcroute.unprivileged.bootlog import DeferredLog
 from smcroute.unprivileged.levels import PRIORITY
@@ -164,7 +165,7 @@ def serving_helper(kernel: FakeKernel, die_after: int | None = None) -> ThreadHe
 @pytest.fixture
 def links(monkeypatch: pytest.MonkeyPatch) -> dict[str, Interface]:
     table = {name: Interface(name, i + 2, True) for i, name in enumerate(["a1", "a2", "a3"])}
-    monkeypatch.setattr(state, "read_interfaces", lambda: table)
+    monkeypatch.setattr(boot_module, "read_interfaces", lambda: table)
     return table
 
 
@@ -193,23 +194,23 @@ def test_boot_applies_the_initial_config(tmp_path: Path, links: dict[str, Interf
     kernel = FakeKernel()
     helper = serving_helper(kernel)
     booted, log = boot_with(tmp_path, CONFIG, helper)
-    assert booted is not None and booted.applied
-    st = booted.state
-    # the kernel holds exactly what the controller believes it holds
-    slots = {v.name: v.vif for (family, _), v in st.vifs.items() if family == 4}
+    assert booted is not None and booted.core.configured
+    ledger = booted.core.ledger
+    # the kernel holds exactly what the core believes it holds
+    slots = {v.name: v.vif for (family, _), v in ledger.vifs.items() if family == 4}
     assert slots == {"a3": 0, "a1": 1, "a2": 2}
     for family in (4, 6):
-        assert kernel.vifs[family] == {v.vif: v.ifindex for (f, _), v in st.vifs.items()
+        assert kernel.vifs[family] == {v.vif: v.ifindex for (f, _), v in ledger.vifs.items()
                                        if f == family}
-    assert set(kernel.mfc) == {(k.family, k.source, k.group) for k in st.mfc}
+    assert set(kernel.mfc) == {(k.family, k.source, k.group) for k in ledger.mfc}
     assert list(kernel.mfc.values()) == [(1, ((0, 1), (2, 1)))]
-    # Hello first, then one batch with the VIFs before the routes
+    # Hello first, then one batch: the VIFs before the routes, then the fast path's templates
     first, second = helper.received
     assert [r["op"] for r in first] == ["hello"]
-    assert [r["op"] for r in second] == ["add_vif"] * 6 + ["add_mfc"]
+    assert [r["op"] for r in second] == ["add_vif"] * 6 + ["add_mfc", "templates", "allow"]
     ids = [r["id"] for batch in helper.received for r in batch]
     assert ids == list(range(1, len(ids) + 1))
-    assert booted.channel.next_id() == len(ids) + 1  # the event loop goes on from here
+    assert ledger.next_id() == len(ids) + 1  # the event loop goes on from here
     assert log.at("warning") == [] and log.at("err") == []
     helper.stop()
 
@@ -221,28 +222,29 @@ def test_boot_at_debug_level_lists_the_helpers_modules(tmp_path: Path,
     assert booted is not None
     assert [[r["op"] for r in batch] for batch in helper.received] == [
         ["hello"], ["modules"], ["add_vif", "add_vif"]]
+    assert booted.later == []  # (no script, nothing for the controller)
     assert "mrouter helper ready" in log.at("debug")
     assert "mrouter helper modules" in log.at("debug")
     helper.stop()
 
 
-def test_boot_with_a_rejected_config_installs_nothing(tmp_path: Path,
-                                                      links: dict[str, Interface]) -> None:
+def test_boot_with_a_bad_line_applies_the_good_ones(tmp_path: Path,
+                                                    links: dict[str, Interface]) -> None:
     kernel = FakeKernel()
     helper = serving_helper(kernel)
     booted, log = boot_with(tmp_path, CONFIG + "mroute from a1\n", helper)
-    assert booted is not None and not booted.applied
-    assert booted.state.vifs == {} and booted.state.mfc == {}
-    assert kernel.vifs == {4: {}, 6: {}}
-    assert [[r["op"] for r in batch] for batch in helper.received] == [["hello"]]
-    assert log.at("warning")[-1].startswith("Parse error in ")
+    assert booted is not None
+    assert list(kernel.mfc.values()) == [(1, ((0, 1), (2, 1)))]
+    assert log.at("warning") == [
+        f"{tmp_path}/smcroute.conf line 4: mroute: missing multicast group, expected:"
+        " group ADDR[/LEN]", f"Parse error in {tmp_path}/smcroute.conf"]
     helper.stop()
 
 
 def test_boot_without_a_config_file(tmp_path: Path, links: dict[str, Interface]) -> None:
     helper = serving_helper(FakeKernel())
     booted, log = boot_with(tmp_path, None, helper)
-    assert booted is not None and not booted.applied
+    assert booted is not None and booted.core.ledger.mfc == {}
     assert log.at("notice") == [f"Configuration file {tmp_path}/smcroute.conf does not exist",
                                 "Continuing anyway, waiting for client to connect."]
     helper.stop()

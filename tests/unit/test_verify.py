@@ -258,8 +258,7 @@ def test_no_vifs_option_is_honoured(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_check_returns_problems_and_notes(tmp_path: Path) -> None:
     path = conf(tmp_path, "bogus\nmroute from zz0 group 225.1.2.3\n")
     problems, notes = check(parse(["-F", path]))
-    assert problems == [Diagnostic("Unknown command bogus, skipping.", Where(path, 1),
-                                   error=False)]
+    assert problems == [Diagnostic("Unknown command bogus, skipping.", Where(path, 1))]
     assert notes == ["mroute from zz0 group 225.1.2.3 pending: interface not available"]
     problems, notes = check(parse(["-F", str(tmp_path / "nope.conf")]))
     assert [(d.where, d.error) for d in problems] == [(None, True)]
