@@ -17,24 +17,13 @@ from typing import Any
 
 from smcroute.ipc.control import ControlRequest
 from smcroute.policy.control import Access, Peer
+from smcroute.unprivileged import effects as fx
 from smcroute.unprivileged.boot import EXIT_HELPER_LOST, Booted, report_helper_lost
 from smcroute.unprivileged.channel import Answered, Event, Upcalls
 from smcroute.unprivileged.channel_async import HelperChannel
 from smcroute.unprivileged.config import read_config
 from smcroute.unprivileged.core import EDITS, READY
 from smcroute.unprivileged.ctlserver import ControlServer
-from smcroute.unprivileged.effects import (
-    Answer,
-    Effect,
-    LoadConfig,
-    Log,
-    Memberships,
-    Notify,
-    Ready,
-    Script,
-    Send,
-    Stop,
-)
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger, batched
 from smcroute.unprivileged.netwatch import LinkWatch
@@ -51,18 +40,19 @@ class Controller:
                  booted: Booted, pidfile: PidFile | None,
                  control: tuple[socket.socket, Access] | None = None) -> None:
         self.opts, self.log, self.helper, self.booted = opts, log, helper, booted
-        self.core = booted.core
-        self.pidfile = pidfile
-        self.control_socket = control
+        self.core, self.pidfile, self.control_socket = booted.core, pidfile, control
         self.exit_status = 0
         self.kill_requested = False
         self.stopping = asyncio.Event()
         self.script: ActionScript | None = None
         self.answers: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
         self._tokens = itertools.count(1)
-        self._queue: deque[Effect] = deque()
+        self._queue: deque[fx.Effect] = deque()
         self._performing = False
         self.tasks: set[asyncio.Task[Any]] = set()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def run(self, early_signals: list[int] | None = None) -> int:
         """Serve until SIGTERM/SIGINT, kill (or the helper is lost); early_signals
@@ -72,35 +62,36 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.perform(self.core.hangup()))
-        if self.opts.script:
-            if self.core.settings.script:
-                self.script = ActionScript(self.opts.script, self.log)
-            else:
-                self.log.err(f"{self.opts.script} is not executable.")
-        self.spawn(self.ticker())
-        self.spawn(LinkWatch(self.links_changed, self.log.err).run())
+        if self.opts.script and self.core.settings.script:
+            self.script = ActionScript(self.opts.script, self.log)
+        elif self.opts.script:
+            self.log.err(f"{self.opts.script} is not executable.")
+        for coro in (self.ticker(), LinkWatch(self.links_changed, self.log.err).run()):
+            task = loop.create_task(coro)
+            self.tasks.add(task)  # the loop keeps only weak references to tasks
         server = None
         if self.control_socket:
-            sock, access = self.control_socket
-            server = ControlServer(sock, access, self.control, self.refused, self.after_reply)
+            server = ControlServer(*self.control_socket, self.control,
+                                   lambda *why: self.perform(self.core.refused(*why)),
+                                   self.after_reply)
             await server.start()
         self.ready()
         self.perform(self.booted.later)
         for event in self.booted.channel.backlog:  # upcalls that came during start-up
             self.on_helper(event)
         for sig in early_signals or ():
-            if sig == signal.SIGHUP:
-                self.perform(self.core.hangup())
-            else:
+            if sig != signal.SIGHUP:
                 self.stopping.set()
+            self.perform(self.core.hangup() if sig == signal.SIGHUP else [])
         if self.opts.exit_delay:
             loop.call_later(self.opts.exit_delay, self.exit_delay_expired)
         await self.stopping.wait()
         notify("STOPPING=1", "STATUS=Exiting.")
         if server:
             server.close()
-            self.remove_socket_file()
-        for task in list(self.tasks):
+            with contextlib.suppress(FileNotFoundError, PermissionError):  # (-p USER may not)
+                os.unlink(self.opts.sock_path)
+        for task in self.tasks:
             task.cancel()
         if self.script:
             self.script.close()
@@ -122,18 +113,6 @@ class Controller:
         self.log.notice("Exiting.")
         return self.exit_status
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self.tasks.discard)
-
-    def remove_socket_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                os.unlink(self.opts.sock_path)
-            except PermissionError as exc:  # the dropped user may not write the directory
-                self.log.notice(f"Cannot remove IPC socket {self.opts.sock_path}: {exc.strerror}")
-
     def ready(self) -> None:
         if self.pidfile:
             try:
@@ -150,11 +129,10 @@ class Controller:
     # -- events in ----------------------------------------------------------------
 
     def on_helper(self, event: Event) -> None:
-        now = asyncio.get_running_loop().time()
         if isinstance(event, Answered):
-            self.perform(self.core.answered(event.batch, event.replies, now))
+            self.perform(self.core.answered(event.batch, event.replies, self.now()))
         elif isinstance(event, Upcalls):
-            self.perform(self.core.upcalls(event.upcalls, now))
+            self.perform(self.core.upcalls(event.upcalls, self.now()))
 
     def on_helper_lost(self, reason: str) -> None:
         report_helper_lost(self.log, self.helper, reason)
@@ -162,16 +140,14 @@ class Controller:
         self.stopping.set()
 
     async def links_changed(self) -> None:
-        self.perform(self.core.interfaces_changed(read_interfaces(),
-                                                  asyncio.get_running_loop().time()))
+        self.perform(self.core.interfaces_changed(read_interfaces(), self.now()))
 
     async def ticker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             deadline = self.core.deadline()
-            wait = 1.0 if deadline is None else deadline - loop.time()
+            wait = 1.0 if deadline is None else deadline - self.now()
             await asyncio.sleep(min(max(wait, 0.01), 1.0))
-            self.perform(self.core.tick(loop.time()))
+            self.perform(self.core.tick(self.now()))
 
     async def control(self, peer: Peer, reqs: list[ControlRequest]) -> list[dict[str, Any]]:
         """Replies to a batch of requests, in order; consecutive edits go to
@@ -180,22 +156,15 @@ class Controller:
         i = 0
         while i < len(reqs):
             j = i + 1
-            if reqs[i].cmd in EDITS:
-                while j < len(reqs) and reqs[j].cmd in EDITS:
-                    j += 1
+            while reqs[i].cmd in EDITS and j < len(reqs) and reqs[j].cmd in EDITS:
+                j += 1
             token = next(self._tokens)
             future = self.answers[token] = asyncio.get_running_loop().create_future()
             self.perform(self.core.control(token, peer, reqs[i:j], read_interfaces(),
-                                           asyncio.get_running_loop().time()))
+                                           self.now()))
             out += await future
             i = j
         return out
-
-    def refused(self, peer: Peer, req: ControlRequest | None, reason: str) -> None:
-        self.log.notice("control request", peer_uid=peer.uid, peer_gid=peer.gid,
-                        peer_pid=peer.pid, command=req.cmd if req else "connect",
-                        args=" ".join(req.args) if req and req.args else "-",
-                        result=f"refused: {reason}")
 
     def after_reply(self) -> None:
         if self.kill_requested:
@@ -203,7 +172,7 @@ class Controller:
 
     # -- effects out --------------------------------------------------------------
 
-    def perform(self, effects: list[Effect]) -> None:
+    def perform(self, effects: list[fx.Effect]) -> None:
         """Carry out effects in order (also those that what they cause
         returns: queued behind, never nested)."""
         self._queue += effects
@@ -217,27 +186,26 @@ class Controller:
         finally:
             self._performing = False
 
-    def _do(self, e: Effect) -> None:
-        core = self.core
-        if isinstance(e, Send):
+    def _do(self, e: fx.Effect) -> None:
+        if isinstance(e, fx.Send):
             self.channel.send(e.batch, e.requests)
-        elif isinstance(e, Log):
+        elif isinstance(e, fx.Log):
             getattr(self.log, e.level)(e.text, **e.fields)
-        elif isinstance(e, Answer):
-            future = self.answers.pop(e.token, None)
-            if future is not None and not future.done():
+        elif isinstance(e, fx.Answer):
+            if (future := self.answers.pop(e.token, None)) and not future.done():
                 future.set_result(list(e.replies))
-        elif isinstance(e, Memberships):
-            self._queue += core.memberships_done(e.token, self.booted.pool.change(e.leave, e.join))
-        elif isinstance(e, Script):
+        elif isinstance(e, fx.Memberships):
+            failures = self.booted.pool.change(e.leave, e.join)
+            self._queue += self.core.memberships_done(e.token, failures)
+        elif isinstance(e, fx.Script):
             if self.script:
                 self.script.run(e.action, e.source, e.group)
-        elif isinstance(e, LoadConfig):
-            self._queue += core.load(read_config(self.opts.conf_path), read_interfaces(),
-                                     asyncio.get_running_loop().time(), e.token)
-        elif isinstance(e, Ready):
+        elif isinstance(e, fx.LoadConfig):
+            self._queue += self.core.load(read_config(self.opts.conf_path), read_interfaces(),
+                                          self.now(), e.token)
+        elif isinstance(e, fx.Ready):
             self.ready()
-        elif isinstance(e, Notify):
+        elif isinstance(e, fx.Notify):
             notify(*e.lines)
-        elif isinstance(e, Stop):
+        elif isinstance(e, fx.Stop):
             self.kill_requested = True

@@ -253,8 +253,8 @@ class FlowTable:
                 self._quiet("pim", f"Receiving PIM register data from {addr(key.source)},"
                                    f" group {addr(key.group)}", now)
                 continue
-            if key in installed:
-                continue  # an upcall that was queued before we installed it
+            if key in installed or key in plan.mfc:
+                continue  # queued before we installed it, or the config's (S,G)
             if not self.bucket.take(now):
                 self._quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
                                     " new flows ignored for now", now)

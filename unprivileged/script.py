@@ -70,10 +70,6 @@ class ActionScript:
         if status != 0:
             self.log.warning(f"Script {self.path} {action} returned error: {status}")
 
-    async def drain(self) -> None:
-        """Wait until every queued invocation has run (tests, shutdown)."""
-        await self.queue.join()
-
     def close(self) -> None:
         for task in self.workers:
             task.cancel()

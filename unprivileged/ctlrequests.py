@@ -1,0 +1,146 @@
+"""The daemon core's handlers of control requests (smcroutectl): show,
+add/remove/join/leave, flush, reload, kill. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from smcroute.ipc.control import ControlRequest, reply
+from smcroute.policy.control import Peer
+from smcroute.unprivileged import groups, show
+from smcroute.unprivileged.commands import IPC, CommandError, edit
+from smcroute.unprivileged.corestate import EDITS, CoreState, Job, pending_text
+from smcroute.unprivileged.effects import Answer, Effect, Stop
+from smcroute.unprivileged.model import Interface, MfcKey, Mgroup, Mroute
+
+
+def kernel_refusal(rule: Mroute, refused: Mapping[MfcKey, str]) -> str:
+    if not refused or rule.source is None or not rule.is_ssm:
+        return ""
+    key = MfcKey(rule.family, rule.source.packed, rule.group.packed)
+    if key in refused:
+        return f"failed adding multicast route ({rule.source}, {rule.group}): {refused[key]}"
+    return ""
+
+
+
+
+class Requests(CoreState):
+    # -- events: the control socket -----------------------------------------------
+
+    def control(self, token: int, peer: Peer, reqs: list[ControlRequest],
+                interfaces: Mapping[str, Interface], now: float) -> list[Effect]:
+        """One control request, or a run of edits (applied together: one
+        transition, one helper batch). The answer is an Answer effect."""
+        self.now = now
+        req = reqs[0]
+        if req.cmd in EDITS or req.cmd == "show":  # (a reload brings its own)
+            self._interfaces(interfaces)
+        if req.cmd in EDITS:
+            self._edit(token, peer, reqs)
+        elif req.cmd == "show":
+            self._show(token, req)
+        elif req.cmd == "reload":
+            self._reloads[token] = (peer, req)
+            self._reload(token)
+        elif req.cmd == "flush":
+            def flushed(job: Job) -> None:
+                self._audit(peer, req, "ok")
+                self._out.append(Answer(token, (reply(True),)))
+
+            job = self._job(flushed)
+            self._remove_flows(list(self.flows), "flush", job)
+            if job.waiting == 0:
+                flushed(job)
+        else:  # kill
+            self._audit(peer, req, "ok")
+            self._out += [Answer(token, (reply(True),)), Stop()]
+        return self._done()
+
+    def refused(self, peer: Peer, req: ControlRequest | None, reason: str) -> list[Effect]:
+        """The control socket refused a peer (a connection, or a request)."""
+        self._log("notice", "control request", peer_uid=peer.uid, peer_gid=peer.gid,
+                  peer_pid=peer.pid, command=req.cmd if req else "connect",
+                  args=" ".join(req.args) if req and req.args else "-",
+                  result=f"refused: {reason}")
+        return self._done()
+
+    def _audit(self, peer: Peer, req: ControlRequest, result: str) -> None:
+        self._log("notice", "control request", peer_uid=peer.uid, peer_gid=peer.gid,
+                  peer_pid=peer.pid, command=req.cmd, args=" ".join(req.args) or "-",
+                  result=result)
+
+    def _edit(self, token: int, peer: Peer, reqs: list[ControlRequest]) -> None:
+        """smcroutectl add/remove/join/leave: change the lines and the plan
+        in step; the transition sends what that changed, nothing else."""
+        plan, flows = self.plan, self.flows
+        plan.slots.installed(self.ledger.vifs.values())
+        said = len(plan.diagnostics)
+        results: list[Mroute | Mgroup | str] = []
+        for req in reqs:
+            try:
+                results.append(edit(self.lines, plan, req))
+            except CommandError as exc:
+                results.append(str(exc))
+        for d in plan.diagnostics[said:]:
+            if d.where == IPC:
+                self._diagnostic(d)
+        del plan.diagnostics[said:]  # (edits must not grow the plan)
+        changes = plan.take_changes()
+        for p in changes.pending:
+            self._log("notice", pending_text(p))
+        keys = flows.rematch(plan, flows.at(changes.inbound) | {k for k in changes.mfc
+                                                                if k in flows.flows})
+        keys |= changes.mfc
+
+        def finish(job: Job) -> None:
+            replies = []
+            for req, result in zip(reqs, results, strict=True):
+                if isinstance(result, Mgroup):
+                    text = "\n".join(e for m, e in job.join_errors if groups.same(m.rule, result))
+                elif isinstance(result, str):
+                    text = result
+                else:
+                    text = kernel_refusal(result, job.refused)
+                self._audit(peer, req, text or "ok")
+                replies.append(reply(not text, text))
+            self._out.append(Answer(token, tuple(replies)))
+
+        job = self._job(finish)
+        self._send(self._transition(keys, bool(changes.inbound)),
+                   f"smcroutectl uid={peer.uid} pid={peer.pid}", job)
+        if changes.memberships:
+            self._members(changes.memberships, job)
+        if job.waiting == 0:
+            finish(job)
+
+    def _show(self, token: int, req: ControlRequest) -> None:
+        what = req.args[0][:1] if req.args else "r"
+        plan, ledger = self.plan, self.ledger
+        if what == "g":
+            joined = [self.joined[k] for k in plan.memberships if k in self.joined]
+            text = show.groups(plan.groups, joined, req.detail, req.json)
+        elif what == "i":
+            text = show.interfaces(self.interfaces.values(), ledger.vifs.values(), req.json)
+        elif what == "p":
+            text = show.pending(plan.pending, req.json)
+        else:
+            view = show.RouteView(plan.templates, plan.ssm, list(ledger.mfc.values()),
+                                  ledger.vif_names(), plan.vifs)
+            if req.json or not req.detail:
+                text = (show.routes_json(view) if req.json
+                        else show.routes(view, self.interfaces, False))
+            else:
+                keys = [*ledger.mfc, *(MfcKey(r.family, r.rule.source.packed,
+                                              r.rule.group.packed)
+                                       for r in view.ssm if r.rule.source is not None)]
+
+                def counted(job: Job) -> None:
+                    table = {k: (c.packets, c.bytes) for k, c in job.counts.items()}
+                    lines = show.routes(view, self.interfaces, True,
+                                        lambda key: table.get(key, (0, 0)))
+                    self._out.append(Answer(token, (reply(True, "\n".join(lines)),)))
+
+                self._count(keys, counted)
+                return
+        self._out.append(Answer(token, (reply(True, "\n".join(text)),)))
