@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from smcroute.ipc.control import ControlRequest
@@ -45,7 +46,7 @@ class Controller:
         self.kill_requested = False
         self.stopping = asyncio.Event()
         self.script: ActionScript | None = None
-        self.answers: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self.answers: dict[int, Callable[[list[dict[str, Any]]], object]] = {}
         self._tokens = itertools.count(1)
         self._queue: deque[fx.Effect] = deque()
         self._performing = False
@@ -149,22 +150,27 @@ class Controller:
             await asyncio.sleep(min(max(wait, 0.01), 1.0))
             self.perform(self.core.tick(self.now()))
 
-    async def control(self, peer: Peer, reqs: list[ControlRequest]) -> list[dict[str, Any]]:
-        """Replies to a batch of requests, in order; consecutive edits go to
-        the core together (one transition, one helper batch)."""
+    def control(self, peer: Peer, reqs: list[ControlRequest],
+                done: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Answer a batch of requests, in order (done gets the replies);
+        consecutive edits go to the core together (one transition, one
+        helper batch)."""
         out: list[dict[str, Any]] = []
-        i = 0
-        while i < len(reqs):
+
+        def step(i: int) -> None:
+            if i == len(reqs):
+                done(out)
+                return
             j = i + 1
             while reqs[i].cmd in EDITS and j < len(reqs) and reqs[j].cmd in EDITS:
                 j += 1
             token = next(self._tokens)
-            future = self.answers[token] = asyncio.get_running_loop().create_future()
-            self.perform(self.core.control(token, peer, reqs[i:j], read_interfaces(),
-                                           self.now()))
-            out += await future
-            i = j
-        return out
+            self.answers[token] = lambda replies: (out.extend(replies), step(j))
+            group = reqs[i:j]
+            fresh = read_interfaces() if self.core.wants_interfaces(group) else None
+            self.perform(self.core.control(token, peer, group, fresh, self.now()))
+
+        step(0)
 
     def after_reply(self) -> None:
         if self.kill_requested:
@@ -192,8 +198,8 @@ class Controller:
         elif isinstance(e, fx.Log):
             getattr(self.log, e.level)(e.text, **e.fields)
         elif isinstance(e, fx.Answer):
-            if (future := self.answers.pop(e.token, None)) and not future.done():
-                future.set_result(list(e.replies))
+            if (answered := self.answers.pop(e.token, None)) is not None:
+                answered(list(e.replies))
         elif isinstance(e, fx.Memberships):
             failures = self.booted.pool.change(e.leave, e.join)
             self._queue += self.core.memberships_done(e.token, failures)

@@ -178,7 +178,7 @@ class Core(KernelEvents, Requests):
         if self.level >= PRIORITY["debug"]:
             for flow in gone:
                 self._log("debug", f"Removing (*,G) flow {sg(flow.key)} from {flow.iif}")
-        self._send(self._transition([f.key for f in gone]), cause, job)
+        self._send(self._transition([f.key for f in gone], vifs=False), cause, job)
 
     def shutdown(self) -> list[Effect]:
         """Remove every route and VIF we installed (the sockets go with the executor)."""

@@ -142,18 +142,20 @@ class CoreState:
 
     # -- the one transition -------------------------------------------------------
 
-    def _transition(self, keys: Iterable[MfcKey] | None, templates: bool = False
-                    ) -> list[Op]:
+    def _transition(self, keys: Iterable[MfcKey] | None, templates: bool = False,
+                    vifs: bool = True) -> list[Op]:
         """The ordered batch that takes the kernel to the plan and the flows:
         mrdisc terminations (while their VIFs exist), the fast path emptied
         if VIFs change, VIFs added, MFC entries deleted then set (keys: those
         that may have changed; None: all), VIFs deleted, mrdisc
         advertisements where it starts, then the fast path's new templates
-        (looked at if templates changed, VIFs did, or keys is None)."""
+        (looked at if templates changed, VIFs did, or keys is None).
+        vifs=False: the plan's VIFs (and so mrdisc) did not change."""
         plan, ledger, flows = self.plan, self.ledger, self.flows
-        ops = [self._mrdisc_op(vif, True)
-               for vif in self.mrdisc.retire(plan.mrdisc, plan.vifs, self.interfaces)]
-        add_vifs, del_vifs = ledger.sync_vifs(plan.vifs.values())
+        ops = [] if not vifs else [
+            self._mrdisc_op(vif, True)
+            for vif in self.mrdisc.retire(plan.mrdisc, plan.vifs, self.interfaces)]
+        add_vifs, del_vifs = ledger.sync_vifs(plan.vifs.values()) if vifs else ([], [])
         if (add_vifs or del_vifs) and flows.fast.wire:
             ops += self._fast_ops((), ())
         ops += [ledger.add_vif(v) for v in add_vifs]
@@ -178,8 +180,9 @@ class CoreState:
         ops += [ledger.del_mfc(k) for k in dels]
         ops += [ledger.add_mfc(m) for m in sets]
         ops += [ledger.del_vif(v) for v in del_vifs]
-        ops += [self._mrdisc_op(vif, False)
-                for vif in self.mrdisc.update(plan.mrdisc, plan.vifs, self.now)]
+        if vifs:
+            ops += [self._mrdisc_op(vif, False)
+                    for vif in self.mrdisc.update(plan.mrdisc, plan.vifs, self.now)]
         if templates or full or add_vifs or del_vifs:
             routes, wire = fast_templates(plan, MAX_TEMPLATES)
             if wire != flows.fast.wire or routes != flows.fast.routes:

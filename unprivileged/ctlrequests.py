@@ -9,8 +9,10 @@ from smcroute.ipc.control import ControlRequest, reply
 from smcroute.policy.control import Peer
 from smcroute.unprivileged import groups, show
 from smcroute.unprivileged.commands import IPC, CommandError, edit
+from smcroute.unprivileged.config import parse_address
 from smcroute.unprivileged.corestate import EDITS, CoreState, Job, pending_text
 from smcroute.unprivileged.effects import Answer, Effect, Stop
+from smcroute.unprivileged.engine import match
 from smcroute.unprivileged.model import Interface, MfcKey, Mgroup, Mroute
 
 
@@ -28,13 +30,28 @@ def kernel_refusal(rule: Mroute, refused: Mapping[MfcKey, str]) -> str:
 class Requests(CoreState):
     # -- events: the control socket -----------------------------------------------
 
+    def wants_interfaces(self, reqs: list[ControlRequest]) -> bool:
+        """Do these requests need the interface table read afresh? An edit
+        that names an interface we do not know (it may have just appeared:
+        netlink news are debounced), and `show interfaces`."""
+        for req in reqs:
+            if req.cmd == "show":
+                return bool(req.args) and req.args[0][:1] == "i"
+            if req.cmd in ("add", "join"):
+                for word in req.args:
+                    if parse_address(word.partition("/")[0]) is None and not match(
+                            word, self.interfaces):
+                        return True
+        return False
+
     def control(self, token: int, peer: Peer, reqs: list[ControlRequest],
-                interfaces: Mapping[str, Interface], now: float) -> list[Effect]:
+                interfaces: Mapping[str, Interface] | None, now: float) -> list[Effect]:
         """One control request, or a run of edits (applied together: one
-        transition, one helper batch). The answer is an Answer effect."""
+        transition, one helper batch). The answer is an Answer effect.
+        interfaces: the table read afresh, if wants_interfaces() said so."""
         self.now = now
         req = reqs[0]
-        if req.cmd in EDITS or req.cmd == "show":  # (a reload brings its own)
+        if interfaces is not None:
             self._interfaces(interfaces)
         if req.cmd in EDITS:
             self._edit(token, peer, reqs)
@@ -54,7 +71,7 @@ class Requests(CoreState):
                 flushed(job)
         else:  # kill
             self._audit(peer, req, "ok")
-            self._out += [Answer(token, (reply(True),)), Stop()]
+            self._out += [Stop(), Answer(token, (reply(True),))]
         return self._done()
 
     def refused(self, peer: Peer, req: ControlRequest | None, reason: str) -> list[Effect]:
@@ -107,7 +124,7 @@ class Requests(CoreState):
             self._out.append(Answer(token, tuple(replies)))
 
         job = self._job(finish)
-        self._send(self._transition(keys, bool(changes.inbound)),
+        self._send(self._transition(keys, bool(changes.inbound), changes.vifs),
                    f"smcroutectl uid={peer.uid} pid={peer.pid}", job)
         if changes.memberships:
             self._members(changes.memberships, job)

@@ -3,17 +3,22 @@ timeouts. What a request does is the controller's business (handler).
 
 Hostile or broken clients get an error reply or a closed connection: frames
 are size-checked before they are buffered, a client that stalls is dropped
-after IDLE_TIMEOUT, at most MAX_CLIENTS are served at once, and each client
-is its own task, so none can starve another.
+after IDLE_TIMEOUT (not counting the time its request is being handled),
+one that does not read its replies after WRITE_TIMEOUT, at most
+MAX_CLIENTS are served at once, and a client's requests are answered in
+order, one batch at a time, so none can starve another.
+
+Plain non-blocking sockets on the event loop's selector (add_reader):
+every smcroutectl command is a connection, and asyncio's transports and
+tasks per connection cost more than the request itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from smcroute.ipc.codec import DecodeError, EncodeError
@@ -24,9 +29,13 @@ from smcroute.policy.control import Access, Peer, authorize, may_connect
 MAX_CLIENTS = 32
 IDLE_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
+MAX_QUEUED = 4096  # requests read ahead of the one being answered; beyond, reading pauses
+READ_SIZE = 256 * 1024
 SO_PEERGROUPS = 59
 
-Handler = Callable[[Peer, list[ControlRequest]], Awaitable[list[dict[str, Any]]]]
+Replies = list[dict[str, Any]]
+# handler(peer, requests, done): done(replies) once answered, in order
+Handler = Callable[[Peer, list[ControlRequest], Callable[[Replies], None]], None]
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -60,83 +69,223 @@ class ControlServer:
         self.handler = handler
         self.refused = refused  # audit hook: (peer, request or None, reason)
         self.after_reply = after_reply  # e.g. "kill": stop once the client has its answer
-        self.clients = 0
-        self.server: asyncio.AbstractServer | None = None
+        self.clients: set[_Client] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
-        self.server = await asyncio.start_unix_server(self._client, sock=self.sock)
+        self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def close(self) -> None:
-        if self.server:
-            self.server.close()
+        if self.loop:
+            self.loop.remove_reader(self.sock.fileno())
+            for client in list(self.clients):
+                client.close()
+        self.sock.close()
 
-    async def _send(self, writer: asyncio.StreamWriter, *msgs: dict[str, Any]) -> None:
-        """Write the replies (all at once: a batch of answers is one write)."""
-        frames = []
+    def _accept(self) -> None:
+        for _ in range(64):  # bounded work per wake-up
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. EMFILE: the connection waits in the backlog
+                return
+            sock.setblocking(False)
+            client = _Client(self, sock)
+            self.clients.add(client)
+            client.start()
+
+
+class _Client:
+    def __init__(self, server: ControlServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.loop = server.loop
+        assert self.loop is not None
+        self.fd = sock.fileno()
+        self.decoder = FrameDecoder()
+        self.queue: list[Any] = []  # messages not yet answered
+        self.out = bytearray()  # replies not yet written
+        self.busy = False  # a batch is with the handler
+        self.reading = False
+        self.closing = False  # close once the replies are out
+        self.closed = False
+        self.peer: Peer | None = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.stalled: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        server = self.server
+        try:
+            peer = peer_of(self.sock)
+        except OSError:
+            self.close()
+            return
+        if len(server.clients) > MAX_CLIENTS:
+            self._last(reply(False, "too many clients, try again later"))
+        elif not may_connect(peer, server.access):
+            reason = authorize(peer, server.access, "") or "Permission denied"
+            server.refused(peer, None, reason)
+            self._last(reply(False, reason))
+        else:
+            self.peer = peer
+            self._read(True)
+            self._readable()  # the request may be here already: no wake-up for it
+
+    def _read(self, on: bool) -> None:
+        """Read (and give the client IDLE_TIMEOUT to say more), or pause."""
+        if self.idle:
+            self.idle.cancel()
+            self.idle = None
+        if on and not self.closed:
+            self.idle = self.loop.call_later(IDLE_TIMEOUT, self.close)  # type: ignore[union-attr]
+            if not self.reading:
+                self.loop.add_reader(self.fd, self._readable)  # type: ignore[union-attr]
+        elif self.reading and not self.closed:
+            self.loop.remove_reader(self.fd)  # type: ignore[union-attr]
+        self.reading = on
+
+    def _readable(self) -> None:
+        chunks = []
+        eof = False
+        for _ in range(16):  # what is there now, and maybe the end (smcroutectl shuts
+            try:             # its side down once it has sent everything)
+                chunk = self.sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                return
+            if not chunk:
+                eof = True
+                break
+            chunks.append(chunk)
+        if chunks:
+            self._received(b"".join(chunks))
+        if eof and not self.closed:
+            self._eof()
+
+    def _eof(self) -> None:
+        """The client is done sending: answer what it asked, then close."""
+        self.closing = True
+        if not self.busy and not self.out and not self.queue:
+            self.close()
+        self._read(False)
+
+    def _received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.queue += self.decoder.feed(data)
+        except DecodeError as exc:
+            self._last(reply(False, f"malformed request: {exc}"))
+            return
+        if len(self.queue) >= MAX_QUEUED:
+            self._read(False)
+        elif not self.busy:
+            self._read(True)
+        self._next()
+
+    def _next(self) -> None:
+        """Answer what is queued, one batch at a time."""
+        if self.busy or self.closed:
+            return
+        if not self.queue:
+            if self.decoder.error is not None:  # a bad frame after good ones
+                self._last(reply(False, f"malformed request: {self.decoder.error}"))
+            return
+        messages, self.queue = self.queue, []
+        server, peer = self.server, self.peer
+        assert peer is not None
+        batch: list[ControlRequest] = []
+        answers: list[dict[str, Any] | None] = []
+        for msg in messages:
+            try:
+                req = parse_request(msg)
+            except BadRequest as exc:
+                answers.append(reply(False, f"malformed request: {exc}"))
+                continue
+            if reason := authorize(peer, server.access, req.cmd):
+                server.refused(peer, req, reason)
+                answers.append(reply(False, reason))
+                continue
+            batch.append(req)
+            answers.append(None)
+        if not batch:
+            self._answered(answers, [])
+            return
+        self.busy = True
+        if self.idle:  # the handler's time is not the client's
+            self.idle.cancel()
+            self.idle = None
+        server.handler(peer, batch, lambda replies: self._answered(answers, replies))
+
+    def _answered(self, answers: list[dict[str, Any] | None], replies: Replies) -> None:
+        self.busy = False
+        if self.closed:
+            return
+        done = iter(replies)
+        self._write([a if a is not None else next(done) for a in answers])
+        self.server.after_reply()
+        if self.closing:
+            if not self.out:
+                self.close()
+            return
+        self._read(len(self.queue) < MAX_QUEUED)
+        self._next()
+
+    def _write(self, msgs: Replies) -> None:
+        """The replies, in one write (a batch of answers is one write)."""
         for msg in msgs:
             try:
-                frames.append(encode_frame(msg, MAX_FRAME * 64))
+                self.out += encode_frame(msg, MAX_FRAME * 64)
             except EncodeError as exc:
-                frames.append(encode_frame(reply(False, f"reply too large: {exc}")))
-        writer.write(b"".join(frames))
-        try:
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-        except TimeoutError:
-            writer.transport.abort()  # a client that does not read: drop it, buffer and all
-            raise
+                self.out += encode_frame(reply(False, f"reply too large: {exc}"))
+        self._flush()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.clients += 1
+    def _flush(self) -> None:
         try:
-            peer = peer_of(writer.get_extra_info("socket"))
-            if self.clients > MAX_CLIENTS:
-                await self._send(writer, reply(False, "too many clients, try again later"))
-                return
-            if not may_connect(peer, self.access):
-                reason = authorize(peer, self.access, "") or "Permission denied"
-                self.refused(peer, None, reason)
-                await self._send(writer, reply(False, reason))
-                return
-            await self._serve(peer, reader, writer)
-        except (TimeoutError, ConnectionError, OSError):
-            pass
-        finally:
-            self.clients -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        del self.out[:sent]
+        loop = self.loop
+        assert loop is not None
+        if self.out:
+            if self.stalled is None:  # it does not read: drop it if that goes on
+                self.stalled = loop.call_later(WRITE_TIMEOUT, self.close)
+                loop.add_writer(self.fd, self._flush)
+            return
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+            loop.remove_writer(self.fd)
+        if self.closing and not self.busy:
+            self.close()
 
-    async def _serve(self, peer: Peer, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder()
-        while True:
-            data = await asyncio.wait_for(reader.read(256 * 1024), IDLE_TIMEOUT)
-            if not data:
-                return
-            try:
-                messages = decoder.feed(data)
-            except DecodeError as exc:
-                await self._send(writer, reply(False, f"malformed request: {exc}"))
-                return
-            broken = decoder.error  # a bad frame after good ones: answer those first
-            batch: list[ControlRequest] = []
-            answers: list[dict[str, Any] | None] = []
-            for msg in messages:
-                try:
-                    req = parse_request(msg)
-                except BadRequest as exc:
-                    answers.append(reply(False, f"malformed request: {exc}"))
-                    continue
-                if reason := authorize(peer, self.access, req.cmd):
-                    self.refused(peer, req, reason)
-                    answers.append(reply(False, reason))
-                    continue
-                batch.append(req)
-                answers.append(None)
-            done = iter(await self.handler(peer, batch) if batch else [])
-            await self._send(writer, *(a if a is not None else next(done) for a in answers))
-            self.after_reply()
-            if broken is not None:
-                await self._send(writer, reply(False, f"malformed request: {broken}"))
-                return
+    def _last(self, msg: dict[str, Any]) -> None:
+        """A last reply, then the connection closes (once it is written)."""
+        self.closing = True
+        self._read(False)
+        self._write([msg])
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.loop
+        assert loop is not None
+        for timer in (self.idle, self.stalled):
+            if timer:
+                timer.cancel()
+        if self.reading:
+            loop.remove_reader(self.fd)
+        if self.stalled is not None:
+            loop.remove_writer(self.fd)
+        self.server.clients.discard(self)
+        self.sock.close()

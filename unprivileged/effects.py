@@ -76,7 +76,7 @@ class Notify:
 
 @dataclass(frozen=True)
 class Stop:
-    """Exit once the replies given so far have gone out."""
+    """Exit once the Answer that follows has gone out (kill)."""
 
 
 Effect = Send | Memberships | Log | Script | Answer | LoadConfig | Ready | Notify | Stop

@@ -141,6 +141,7 @@ class Changes:
     inbound: set[tuple[int, str]] = field(default_factory=set)  # templates or VIF of these
     memberships: set[MemberKey] = field(default_factory=set)
     pending: list[Pending] = field(default_factory=list)  # lines that began to wait
+    vifs: bool = False  # a VIF/MIF was allocated or freed
 
 
 class Slots:
@@ -155,6 +156,7 @@ class Slots:
     def __init__(self, vifs: dict[tuple[int, str], Vif], installed: Iterable[Vif]) -> None:
         self.vifs = vifs  # the plan's: (family, name) -> Vif
         self.taken: set[tuple[int, int]] = set()
+        self.changed = False  # since take_changes()
         self.installed(installed)
 
     def installed(self, vifs: Iterable[Vif]) -> None:
@@ -189,6 +191,7 @@ class Slots:
         for vif in pair:
             self.vifs[(vif.family, name)] = vif
             self.taken.add((vif.family, vif.vif))
+        self.changed = True
         return []
 
     def release(self, name: str) -> bool:
@@ -198,6 +201,7 @@ class Slots:
             if vif is not None:
                 self.taken.discard((family, vif.vif))
                 gone = True
+        self.changed |= gone
         return gone
 
 
@@ -272,6 +276,7 @@ class Plan:
 
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
+        changes.vifs, self.slots.changed = self.slots.changed, False
         return changes
 
     # -- the fold -------------------------------------------------------------

@@ -57,7 +57,7 @@ class KernelEvents(CoreState):
                  and (k := MfcKey(u.family, u.source, u.group)) in plan.mfc
                  and k not in ledger.mfc and not ledger.busy(k)}
         if again:
-            ops += self._transition(again)
+            ops += self._transition(again, vifs=False)
         ops += self._top_up(now)
         self._send(ops, "upcall")
         return self._done()
@@ -159,7 +159,7 @@ class KernelEvents(CoreState):
                 if have is not None:
                     cleanup.append(key)
         if cleanup:
-            self._send(self._transition(cleanup), "cleanup")
+            self._send(self._transition(cleanup, vifs=False), "cleanup")
 
     def _installed(self, d: Decision) -> None:
         """A learned route the kernel took (from an upcall)."""

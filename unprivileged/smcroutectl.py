@@ -140,6 +140,8 @@ def exchange(settings: Settings, requests: list[ControlRequest]) -> list[dict[st
             if writable:
                 try:
                     sent += sock.send(data[sent:sent + 256 * 1024])
+                    if sent == len(data):  # all said: the daemon may close once it answers
+                        sock.shutdown(_socket.SHUT_WR)
                 except BlockingIOError:
                     pass
                 except OSError:  # the daemon closed (a refusal): read what it said

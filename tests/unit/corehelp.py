@@ -163,7 +163,7 @@ class Harness:
         token = next(self.tokens)
         if ifs is not None:
             self.ifs = dict(ifs)
-        self.perform(self.core.control(token, ROOT, [ControlRequest("reload")], self.ifs,
+        self.perform(self.core.control(token, ROOT, [ControlRequest("reload")], None,
                                        self.now))
         assert self.loads and self.loads[-1].token == token
         self.perform(self.core.load(parse_text(text, FILE), self.ifs, self.now, token))
@@ -174,8 +174,10 @@ class Harness:
         return self.batch([ControlRequest(cmd, tuple(args), detail, as_json)], peer)
 
     def batch(self, reqs: list[ControlRequest], peer: Peer = ROOT) -> list[dict[str, Any]]:
+        """What the controller does: the interfaces read afresh if asked for."""
         token = next(self.tokens)
-        self.perform(self.core.control(token, peer, reqs, self.ifs, self.now))
+        fresh = self.ifs if self.core.wants_interfaces(reqs) else None
+        self.perform(self.core.control(token, peer, reqs, fresh, self.now))
         return self.answers.get(token, [])
 
     def show(self, *args: str, detail: bool = False, as_json: bool = False) -> str:

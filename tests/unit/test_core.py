@@ -523,7 +523,7 @@ def test_flush_kill_and_shutdown() -> None:
     assert h.ctl("flush") == [{"ok": True, "text": ""}]
     assert not h.core.flows.flows
     assert h.ctl("kill") == [{"ok": True, "text": ""}]
-    assert isinstance(h.effects[-1], Stop)
+    assert isinstance(h.effects[-2], Stop) and isinstance(h.effects[-1], Answer)
     h.perform(h.core.shutdown())
     assert h.kernel_mfc() == {} and h.kernel_vifs() == {}
 
