@@ -21,7 +21,9 @@ measures:
   (b) --clients clients running --per-client single adds (distinct (S,G))
       each, all at once: wall time from the first spawn to the last exit,
       then the same as removes; all are checked to be in (out of) the
-      kernel MFC. Target: <= 3 x C SMCRoute.
+      kernel MFC. Target: <= 3 x C SMCRoute. Beside it, the same clients
+      running `/usr/bin/python3 -I -c pass` instead: the interpreter's own
+      start-up, the floor of any Python smcroutectl.
 
 With --c-smcrouted/--c-smcroutectl (a C SMCRoute build, e.g. Debian's
 package unpacked with `apt-get download smcroute && dpkg -x ...`), the
@@ -160,6 +162,22 @@ def clients(daemon: Daemon, ctl: list[str], n: int, per: int, verb: str) -> floa
     return elapsed
 
 
+def floor(n: int, per: int) -> float:
+    """The same clients, each running /usr/bin/python3 -I -c pass instead:
+    what starting the interpreter alone costs that many commands."""
+    def client() -> None:
+        for _ in range(per):
+            run(["/usr/bin/python3", "-I", "-c", "pass"])
+
+    threads = [threading.Thread(target=client) for _ in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    return time.perf_counter() - t0
+
+
 def measure(name: str, smcrouted: str, smcroutectl: str, router: Netns, ws: Workspace,
             args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
@@ -213,6 +231,8 @@ def main() -> int:
             router = build(ws.tag, ws.namespaces)
             results = {"smcroute-py": measure("smcroute-py", args.smcrouted, args.smcroutectl,
                                               router, ws, args)}
+            results["smcroute-py"]["clients: python3 -I -c pass (s)"] = floor(
+                args.clients, args.per_client)
             if args.c_smcrouted:
                 results["C"] = measure("C SMCRoute", args.c_smcrouted, args.c_smcroutectl,
                                        router, ws, args)

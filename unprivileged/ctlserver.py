@@ -131,20 +131,26 @@ class _Client:
             self._last(reply(False, reason))
         else:
             self.peer = peer
-            self._read(True)
-            self._readable()  # the request may be here already: no wake-up for it
+            self._readable()  # the request (and its end) may be here already:
+            if not (self.closed or self.closing):  # no wake-up for them
+                self._read(len(self.queue) < MAX_QUEUED)
 
     def _read(self, on: bool) -> None:
-        """Read (and give the client IDLE_TIMEOUT to say more), or pause."""
+        """Read on (giving the client IDLE_TIMEOUT to say more, unless its
+        request is being handled), or pause."""
         if self.idle:
             self.idle.cancel()
             self.idle = None
-        if on and not self.closed:
-            self.idle = self.loop.call_later(IDLE_TIMEOUT, self.close)  # type: ignore[union-attr]
-            if not self.reading:
-                self.loop.add_reader(self.fd, self._readable)  # type: ignore[union-attr]
-        elif self.reading and not self.closed:
-            self.loop.remove_reader(self.fd)  # type: ignore[union-attr]
+        if self.closed:
+            return
+        loop = self.loop
+        assert loop is not None
+        if on and not self.busy:
+            self.idle = loop.call_later(IDLE_TIMEOUT, self.close)
+        if on and not self.reading:
+            loop.add_reader(self.fd, self._readable)
+        elif self.reading and not on:
+            loop.remove_reader(self.fd)
         self.reading = on
 
     def _readable(self) -> None:
@@ -164,29 +170,27 @@ class _Client:
             chunks.append(chunk)
         if chunks:
             self._received(b"".join(chunks))
-        if eof and not self.closed:
-            self._eof()
-
-    def _eof(self) -> None:
-        """The client is done sending: answer what it asked, then close."""
-        self.closing = True
-        if not self.busy and not self.out and not self.queue:
-            self.close()
-        self._read(False)
-
-    def _received(self, data: bytes) -> None:
         if self.closed:
             return
+        if eof:
+            self._eof()
+        elif self.reading:
+            self._read(len(self.queue) < MAX_QUEUED)
+
+    def _received(self, data: bytes) -> None:
         try:
             self.queue += self.decoder.feed(data)
         except DecodeError as exc:
             self._last(reply(False, f"malformed request: {exc}"))
             return
-        if len(self.queue) >= MAX_QUEUED:
-            self._read(False)
-        elif not self.busy:
-            self._read(True)
         self._next()
+
+    def _eof(self) -> None:
+        """The client is done sending: answer what it asked, then close."""
+        self.closing = True
+        self._read(False)
+        if not self.busy and not self.out and not self.queue:
+            self.close()
 
     def _next(self) -> None:
         """Answer what is queued, one batch at a time."""
@@ -230,7 +234,9 @@ class _Client:
         self._write([a if a is not None else next(done) for a in answers])
         self.server.after_reply()
         if self.closing:
-            if not self.out:
+            if self.queue:
+                self._next()
+            elif not self.out:
                 self.close()
             return
         self._read(len(self.queue) < MAX_QUEUED)
@@ -265,12 +271,13 @@ class _Client:
             self.stalled.cancel()
             self.stalled = None
             loop.remove_writer(self.fd)
-        if self.closing and not self.busy:
+        if self.closing and not self.busy and not self.queue:
             self.close()
 
     def _last(self, msg: dict[str, Any]) -> None:
         """A last reply, then the connection closes (once it is written)."""
         self.closing = True
+        self.queue = []
         self._read(False)
         self._write([msg])
 

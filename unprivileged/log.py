@@ -7,12 +7,10 @@ and to syslog with -s or when daemonized; JSON lines on request.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
 import syslog
-from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -86,21 +84,22 @@ def _write(text: str) -> None:
         pass
 
 
-@contextlib.contextmanager
-def batched() -> Iterator[None]:
+class batched:
     """Write the stderr lines of the events logged in the block together:
     one write for a batch of 2000 audited edits, not 2000 (syslog still
-    gets one message per event)."""
-    if _Sink.held is not None:  # already batching
-        yield
-        return
-    _Sink.held = []
-    try:
-        yield
-    finally:
-        lines, _Sink.held = _Sink.held, None
-        if lines:
-            _write("".join(lines))
+    gets one message per event). A class, not a generator: the controller
+    enters it for every batch of effects."""
+
+    def __enter__(self) -> None:
+        self.outer = _Sink.held is None  # (nested: the outer one writes)
+        if self.outer:
+            _Sink.held = []
+
+    def __exit__(self, *exc: object) -> None:
+        if self.outer:
+            lines, _Sink.held = _Sink.held, None
+            if lines:
+                _write("".join(lines))
 
 
 def _render_kv(_: Any, __: str, event: dict[str, Any]) -> str:

@@ -364,7 +364,10 @@ def test_fifty_busy_clients_are_all_answered(daemon):
         for _ in range(50):
             socks.append(connect(daemon.sock, timeout=10))
         for s in socks:
-            s.sendall(request("show", "interfaces"))
+            try:
+                s.sendall(request("show", "interfaces"))
+            except BrokenPipeError:  # refused at accept: the refusal is there to read
+                pass
         answers = []
         for s in socks:
             (r,) = read_replies(s, 1, timeout=15)
