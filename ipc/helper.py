@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# The errnos with which the kernel says a VIF or MFC entry to delete is gone
+# already (a VIF goes with its device): a delete that is done, all the same.
+ABSENT = (2, 99)  # ENOENT, EADDRNOTAVAIL
 
 # Request fields by op; "op" and "id" are in every request.
 FIELDS: dict[str, tuple[str, ...]] = {

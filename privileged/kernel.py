@@ -12,6 +12,8 @@ import functools
 import socket
 import struct
 
+from smcroute.policy.limits import MAXVIFS
+
 IPPROTO_IP = socket.IPPROTO_IP
 IPPROTO_IPV6 = socket.IPPROTO_IPV6
 IPPROTO_ICMPV6 = 58
@@ -27,7 +29,6 @@ MRT6_TABLE = 209
 
 SIOCGETSGCNT = 0x89E0 + 1  # SIOCPROTOPRIVATE + 1, same value for IPv4 and IPv6
 VIFF_USE_IFINDEX = 0x8
-MAXVIFS = 32
 IP_PKTINFO = 8
 IP_MULTICAST_ALL = 49
 IPV6_MULTICAST_ALL = 29

@@ -11,6 +11,7 @@ from typing import Any
 
 from smcroute.ipc import codec
 from smcroute.ipc.helper import (
+    ABSENT,
     PROTOCOL_VERSION,
     AddMfc,
     AddVif,
@@ -37,8 +38,6 @@ from smcroute.privileged.kernel import (
     parse_upcall6,
 )
 
-# Errors with which the kernel says a VIF or MFC entry to delete does not exist.
-ABSENT = (errno.EADDRNOTAVAIL, errno.ENOENT)
 UPCALLS_PER_WAKEUP = 8192  # bounded work per wakeup; the rest waits in the kernel
 UPCALLS_PER_DATAGRAM = 1000
 

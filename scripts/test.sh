@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Install everything (scripts/setup.sh) and run the whole test suite: lint,
-# unit tests, and -- as root -- the network-namespace integration tests.
+# unit tests, and -- as root -- the network-namespace integration tests. A
+# whole run also checks that the unit tests cover the daemon core (>= 90%).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
 cd "$here"
 "$venv/bin/ruff" check .
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+cov=()
+if (($# == 0)); then
+    # The whole suite: the daemon core must stay covered by its unit tests.
+    for m in core corestate kernelevents ctlrequests engine flows ledger mrdisc commands \
+             effects budget channel; do
+        cov+=("--cov=smcroute.unprivileged.$m")
+    done
+    cov+=(--cov-report=term --cov-fail-under=90)
+fi
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${cov[@]}" "$@"

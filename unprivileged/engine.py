@@ -25,7 +25,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from smcroute.policy.limits import MAXVIFS
+from smcroute.policy.limits import FAMILIES, MAXVIFS
 from smcroute.unprivileged import groups
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.model import (
@@ -46,7 +46,6 @@ from smcroute.unprivileged.model import (
     Vif,
 )
 
-FAMILIES = (4, 6)
 VifTable = Mapping[object, Vif]  # installed VIFs; only the values matter
 RuleKey = tuple[str, Prefix | None, Prefix]  # SMCRoute's identity of a route rule
 GroupKey = tuple[str, Prefix, Address | None]  # ... and of a join (no source length)

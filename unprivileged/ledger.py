@@ -11,18 +11,15 @@ hands that on to the next change in line.
 
 from __future__ import annotations
 
-import errno
 import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, Reply, Request
+from smcroute.ipc.helper import ABSENT, AddMfc, AddVif, DelMfc, DelVif, Reply, Request
 from smcroute.unprivileged.model import Mfc, MfcKey, Vif
 
-# Errors with which the kernel says a VIF or MFC entry to delete is gone already.
-ABSENT = (errno.EADDRNOTAVAIL, errno.ENOENT)
 Slot = tuple[int, int]  # (family, VIF/MIF number)
 
 
