@@ -22,7 +22,7 @@ This module is plain data: the helper imports it, so standard library only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 1
 # The errnos with which the kernel says a VIF or MFC entry to delete is gone
@@ -199,8 +199,12 @@ def upcalls_message(upcalls: list[Upcall]) -> dict[str, Any]:
     return {"t": "upcalls", "upcalls": [u.to_wire() for u in upcalls]}
 
 
-@dataclass(frozen=True)
-class Reply:
+# Replies, as the controller reads them: NamedTuples (cheap to define, and
+# the controller imports this before its first route goes in), each with
+# id, ok, errno and error; a successful reply to sg_count, hello or modules
+# carries its results too.
+
+class Reply(NamedTuple):
     """The helper's answer to one request (a failure carries errno and text)."""
 
     id: int
@@ -209,17 +213,23 @@ class Reply:
     error: str = ""
 
 
-@dataclass(frozen=True)
-class Counts(Reply):
+class Counts(NamedTuple):
     """sg_count: what the kernel counted for one (S,G)."""
 
+    id: int
+    ok: bool
+    errno: int = 0
+    error: str = ""
     packets: int = 0
     bytes: int = 0
     wrong_if: int = 0
 
 
-@dataclass(frozen=True)
-class HelloReply(Reply):
+class HelloReply(NamedTuple):
+    id: int
+    ok: bool
+    errno: int = 0
+    error: str = ""
     version: int = 0
     maxvifs: int = 0
     max_mfc: int = 0
@@ -227,13 +237,18 @@ class HelloReply(Reply):
     pid: int = 0
 
 
-@dataclass(frozen=True)
-class ModulesReply(Reply):
+class ModulesReply(NamedTuple):
+    id: int
+    ok: bool
+    errno: int = 0
+    error: str = ""
     modules: tuple[str, ...] = ()
 
 
+AnyReply = Reply | Counts | HelloReply | ModulesReply
+
 # The result fields of a successful reply, by op (every other op: none).
-RESULTS: dict[str, tuple[type[Reply], tuple[str, ...]]] = {
+RESULTS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "sg_count": (Counts, ("packets", "bytes", "wrong_if")),
     "hello": (HelloReply, ("version", "maxvifs", "max_mfc", "table", "pid")),
     "modules": (ModulesReply, ("modules",)),
@@ -244,7 +259,7 @@ class BadReply(ValueError):
     """A reply that does not answer its request as the schema says."""
 
 
-def parse_reply(req: Request, msg: Any) -> Reply:
+def parse_reply(req: Request, msg: Any) -> AnyReply:
     """The typed reply to req, checked (the controller's side of the schema)."""
     if type(msg) is not dict or type(msg.get("id")) is not int or msg["id"] != req.id:
         raise BadReply(f"not a reply to request {req.id} ({req.op})")

@@ -20,13 +20,13 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 from smcroute.ipc import codec
 from smcroute.ipc.helper import (
     UPCALL_KINDS,
+    AnyReply,
     BadReply,
     Reply,
     Request,
@@ -42,21 +42,18 @@ class HelperLost(Exception):
     """The helper is gone, or said something no correct helper says."""
 
 
-@dataclass(frozen=True)
-class Answered:
+class Answered(NamedTuple):
     """Every reply to one batch, in request order."""
 
     batch: int
-    replies: list[Reply]
+    replies: list[AnyReply]
 
 
-@dataclass(frozen=True)
-class Upcalls:
+class Upcalls(NamedTuple):
     upcalls: list[Upcall]
 
 
-@dataclass(frozen=True)
-class Fatal:
+class Fatal(NamedTuple):
     """The helper's last word before it exits."""
 
     reason: str
@@ -65,13 +62,16 @@ class Fatal:
 Event = Answered | Upcalls | Fatal
 
 
-@dataclass
 class _Batch:
-    id: int
-    reqs: Sequence[Request]
-    replies: list[Reply | None]  # None: the helper's to give
-    sizes: deque[int] = field(default_factory=deque)  # requests per datagram not answered
-    answers: list[Any] = field(default_factory=list)
+    __slots__ = ("answers", "id", "open", "replies", "reqs", "sizes")
+
+    def __init__(self, batch: int, reqs: Sequence[Request]) -> None:
+        self.id = batch
+        self.reqs = reqs
+        self.replies: list[AnyReply | None] = []  # None: the helper's to give
+        self.sizes: deque[int] = deque()  # requests per datagram not answered
+        self.answers: list[Any] = []
+        self.open = True  # datagrams still to be made
 
 
 def _upcall(item: Any) -> Upcall:
@@ -100,11 +100,17 @@ class Protocol:
     def waiting(self) -> int:
         return len(self._batches)
 
-    def send(self, batch: int, reqs: Sequence[Request]) -> list[bytes]:
-        """The datagrams for a batch, to be sent in order; its answer comes
-        from receive() (or from ready() if the helper has nothing to say)."""
-        b = _Batch(batch, reqs, [])
-        out = []
+    def send(self, batch: int, reqs: Sequence[Request]) -> Iterator[bytes]:
+        """The datagrams for a batch, to be sent in order, each made when
+        asked for (so that the helper works on the first while we make the
+        next); all must be taken. The answer comes from receive() (or
+        from ready(), if the helper has nothing to say)."""
+        b = _Batch(batch, reqs)
+        self._batches.append(b)
+        return self._datagrams(b)
+
+    def _datagrams(self, b: _Batch) -> Iterator[bytes]:
+        reqs = b.reqs
         for start in range(0, len(reqs), self.PIPELINE):
             wire = []
             for req in reqs[start:start + self.PIPELINE]:
@@ -118,18 +124,17 @@ class Protocol:
                 b.replies.append(None)
                 wire.append(msg)
             if wire:
-                out.append(codec.encode(wire))
                 b.sizes.append(len(wire))
-        self._batches.append(b)
-        return out
+                yield codec.encode(wire)
+        b.open = False
 
     def ready(self) -> list[Answered]:
         """Batches answered in full, in the order they were sent."""
         done = []
-        while self._batches and not self._batches[0].sizes:
+        while self._batches and not self._batches[0].sizes and not self._batches[0].open:
             b = self._batches.popleft()
             it = iter(b.answers)
-            replies: list[Reply] = []
+            replies: list[AnyReply] = []
             for req, local in zip(b.reqs, b.replies, strict=True):
                 try:
                     replies.append(local if local is not None else parse_reply(req, next(it)))
@@ -176,13 +181,14 @@ class BlockingChannel:
         self.backlog: list[Upcalls] = []
         self._batches = 0
 
-    def call(self, reqs: Sequence[Request]) -> list[Reply]:
+    def call(self, reqs: Sequence[Request]) -> list[AnyReply]:
         """Send one batch and wait for its replies, reading while sending:
         the helper may be sending upcalls meanwhile, and neither side may
         block the other."""
         self._batches += 1
         batch = -self._batches  # apart from the core's batch numbers
-        outgoing = deque(self.protocol.send(batch, reqs))
+        datagrams = self.protocol.send(batch, reqs)
+        outgoing = next(datagrams, None)
         deadline = time.monotonic() + self.TIMEOUT
         self.sock.setblocking(False)
         try:
@@ -194,11 +200,11 @@ class BlockingChannel:
                 if timeout <= 0:
                     raise HelperLost("the helper did not answer in time")
                 readable, writable, _ = select.select(
-                    [self.sock], [self.sock] if outgoing else [], [], timeout)
-                if writable:
+                    [self.sock], [self.sock] if outgoing is not None else [], [], timeout)
+                if writable and outgoing is not None:
                     try:
-                        self.sock.send(outgoing[0])
-                        outgoing.popleft()
+                        self.sock.send(outgoing)
+                        outgoing = next(datagrams, None)  # made while the helper works
                     except BlockingIOError:
                         pass
                 if readable:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from smcroute.ipc import codec
 from smcroute.ipc.helper import Request
@@ -25,7 +25,8 @@ class HelperChannel:
         self.on_event = on_event
         self.on_lost = on_lost
         self.lost: str | None = None
-        self._out: deque[bytes] = deque()
+        self._out: deque[Iterator[bytes]] = deque()  # batches not yet all sent
+        self._next: bytes | None = None  # a datagram made but not yet taken
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
@@ -33,25 +34,34 @@ class HelperChannel:
         """Send a batch; its answer comes as an event (Answered)."""
         datagrams = self.protocol.send(batch, reqs)
         if self.lost:
+            for _ in datagrams:  # (made, so that the protocol knows it is whole)
+                pass
             return
         idle = not self._out
-        self._out += datagrams
+        self._out.append(datagrams)
         if idle:
             self._writable()
         for event in self.protocol.ready():  # nothing for the helper to answer
             self.on_event(event)
 
     def _writable(self) -> None:
+        """Send what is queued, in order: each batch's datagrams are made one
+        at a time, while the helper works on the one before."""
         while self._out:
+            if self._next is None:
+                self._next = next(self._out[0], None)
+                if self._next is None:  # that batch is all out
+                    self._out.popleft()
+                    continue
             try:
-                self.sock.send(self._out[0])
+                self.sock.send(self._next)
             except BlockingIOError:
                 self._loop.add_writer(self.sock.fileno(), self._writable)
                 return
             except OSError as exc:
                 self._lose(f"cannot write to the helper: {exc.strerror}")
                 return
-            self._out.popleft()
+            self._next = None
         self._loop.remove_writer(self.sock.fileno())
 
     def _readable(self) -> None:

@@ -78,11 +78,19 @@ class Lines:
     finds its rule's lines at once, whatever the size of the file."""
 
     def __init__(self, directives: Iterable[Directive] = ()) -> None:
-        self.lines: dict[int, Directive] = {}
-        self.index: dict[tuple[str, object], list[int]] = {}  # identity -> line ids
-        self._ids = itertools.count()
-        for d in directives:
-            self.append(d)
+        self.lines: dict[int, Directive] = dict(enumerate(directives))
+        self._ids = itertools.count(len(self.lines))
+        self._index: dict[tuple[str, object], list[int]] | None = None
+
+    @property
+    def index(self) -> dict[tuple[str, object], list[int]]:
+        """identity -> line ids; made at the first edit (a reload needs none)."""
+        if self._index is None:
+            self._index = {}
+            for i, d in self.lines.items():
+                if (ident := self.identity(d)) is not None:
+                    self._index.setdefault(ident, []).append(i)
+        return self._index
 
     def __iter__(self) -> Iterator[Directive]:
         return iter(self.lines.values())
@@ -101,8 +109,8 @@ class Lines:
     def append(self, d: Directive) -> None:
         i = next(self._ids)
         self.lines[i] = d
-        if (ident := self.identity(d)) is not None:
-            self.index.setdefault(ident, []).append(i)
+        if self._index is not None and (ident := self.identity(d)) is not None:
+            self._index.setdefault(ident, []).append(i)
 
     def of(self, rule: Mroute | Mgroup) -> list[Directive]:
         ident = self.identity(rule)

@@ -3,27 +3,33 @@
 The executor performs effects in the order given and feeds what comes of
 them back as events: a Send's replies (Core.answered), a Memberships'
 failures (Core.memberships_done), a LoadConfig's file (Core.load).
+
+Values: NamedTuples (a dataclass costs its module about a millisecond at
+import, and these are imported before the first route is in the kernel).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from smcroute.ipc.helper import Request
-from smcroute.unprivileged.groups import Membership
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from smcroute.ipc.helper import Request
+    from smcroute.unprivileged.groups import Membership
+
+_NONE: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(NamedTuple):
     """One batch of helper requests, to be answered as a whole."""
 
     batch: int
     requests: tuple[Request, ...]
 
 
-@dataclass(frozen=True)
-class Memberships:
+class Memberships(NamedTuple):
     """Leave, then join, on the controller's own sockets (no privilege)."""
 
     token: int
@@ -31,15 +37,13 @@ class Memberships:
     join: tuple[Membership, ...] = ()
 
 
-@dataclass(frozen=True)
-class Log:
+class Log(NamedTuple):
     level: str  # a syslog priority name: err, warning, notice, info, debug
     text: str
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = _NONE
 
 
-@dataclass(frozen=True)
-class Script:
+class Script(NamedTuple):
     """Run the -e script with this action (and source/group for install)."""
 
     action: str
@@ -47,36 +51,53 @@ class Script:
     group: str | None = None
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """The replies to one control request (or group of edits), in order."""
 
     token: int
     replies: tuple[dict[str, Any], ...]
 
 
-@dataclass(frozen=True)
-class LoadConfig:
+class LoadConfig(NamedTuple):
     """Read the configuration file now and hand it to Core.load."""
 
     token: int | None  # the control request waiting for it (None: SIGHUP)
 
 
-@dataclass(frozen=True)
-class Ready:
-    """Configuration applied: PID file, READY=1 for the service manager."""
-
-
-@dataclass(frozen=True)
-class Notify:
+class Notify(NamedTuple):
     """A message for the service manager (sd_notify)."""
 
     lines: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+class Ready:
+    """Configuration applied: PID file, READY=1 for the service manager."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Ready
+
+    def __hash__(self) -> int:
+        return hash(Ready)
+
+    def __repr__(self) -> str:
+        return "Ready()"
+
+
 class Stop:
     """Exit once the Answer that follows has gone out (kill)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Stop
+
+    def __hash__(self) -> int:
+        return hash(Stop)
+
+    def __repr__(self) -> str:
+        return "Stop()"
 
 
 Effect = Send | Memberships | Log | Script | Answer | LoadConfig | Ready | Notify | Stop

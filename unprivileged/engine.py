@@ -31,7 +31,6 @@ from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.model import (
     INTERFACE,
     NOTE,
-    Address,
     Config,
     Diagnostic,
     Directive,
@@ -47,19 +46,26 @@ from smcroute.unprivileged.model import (
 )
 
 VifTable = Mapping[object, Vif]  # installed VIFs; only the values matter
-RuleKey = tuple[str, Prefix | None, Prefix]  # SMCRoute's identity of a route rule
-GroupKey = tuple[str, Prefix, Address | None]  # ... and of a join (no source length)
+# SMCRoute's identity of a route rule: inbound interface as written, source
+# and group as written (packed) with their lengths; of a join the same, but
+# without the source length. Plain tuples: hashed in C, and used a lot.
+RuleKey = tuple[str, bytes | None, int, bytes, int]
+GroupKey = tuple[str, bytes, int, bytes | None]
 MemberKey = tuple[int, int, bytes | None, bytes]
 
 
 def rule_key(rule: Mroute) -> RuleKey:
     """A route rule is its inbound interface as written, source and group
     (lengths included): equal lines are one rule."""
-    return rule.iif, rule.source, rule.group
+    s, g = rule.source, rule.group
+    if s is None:
+        return rule.iif, None, 0, g.packed, g.length
+    return rule.iif, s.packed, s.length, g.packed, g.length
 
 
 def group_key(rule: Mgroup) -> GroupKey:
-    return rule.iif, rule.group, rule.source.address if rule.source else None
+    g = rule.group
+    return rule.iif, g.packed, g.length, rule.source.packed if rule.source else None
 
 
 def match(pattern: str, interfaces: Mapping[str, Interface]) -> list[str]:
@@ -80,43 +86,52 @@ def _net(prefix: Prefix | None) -> tuple[int, int]:
     return int(prefix.address) & mask, mask
 
 
-@dataclass(eq=False)
 class Rule:
-    """One route rule: the lines equal to its first, merged."""
+    """One route rule: the lines equal to its first, merged. (A plain class
+    with slots: a configuration has thousands, and none refers back to it,
+    so that a replaced plan is freed at once, not by the cycle collector.)"""
 
-    seq: int  # its place in the configuration (its first line)
-    rule: Mroute  # the first line, with the OIF patterns of every line of it
-    routes: dict[str, Route] = field(default_factory=dict)  # by inbound interface
-    # the interfaces whose VIFs its lines took (and no "phyint disable" freed
-    # since), with the patterns that named them ("" for the inbound one)
-    held: dict[str, set[str]] = field(default_factory=dict)
+    __slots__ = ("held", "key", "routes", "rule", "seq", "sg", "ssm")
 
-    @property
-    def key(self) -> RuleKey:
-        return rule_key(self.rule)
+    def __init__(self, seq: int, rule: Mroute, key: RuleKey) -> None:
+        self.seq = seq  # its place in the configuration (its first line)
+        self.key = key
+        self.ssm = rule.is_ssm  # an (S,G) route (else a template)
+        self.sg = (MfcKey(rule.family, rule.source.packed, rule.group.packed)
+                   if self.ssm and rule.source is not None else None)
+        self.rule = rule  # the first line, with the OIF patterns of every line of it
+        self.routes: dict[str, Route] = {}  # by inbound interface
+        # the interfaces whose VIFs its lines took (and no "phyint disable"
+        # freed since), with the patterns that named them ("" for the inbound)
+        self.held: dict[str, set[str]] = {}
+
+    def set_rule(self, rule: Mroute) -> None:
+        """The rule's OIF patterns changed (its routes keep a copy)."""
+        self.rule = rule
+        for route in self.routes.values():
+            route.rule = rule
 
 
-@dataclass(eq=False)
 class Route:
-    """A rule applied to one inbound interface."""
+    """A rule applied to one inbound interface, with the rule's values."""
 
-    owner: Rule
-    iif: str
-    oifs: dict[str, int] = field(default_factory=dict)  # name -> ttl
-    via: dict[str, set[str]] = field(default_factory=dict)  # name -> the OIF patterns naming it
+    __slots__ = ("_net", "family", "iif", "key", "oifs", "rule", "seq", "sg", "ssm", "via")
 
-    def __post_init__(self) -> None:
-        rule = self.owner.rule
-        self.family = rule.family
-        self.net = (*_net(rule.group), *_net(rule.source))  # for covers()
-
-    @property
-    def rule(self) -> Mroute:
-        return self.owner.rule
+    def __init__(self, rule: Rule, iif: str, oifs: dict[str, int] | None = None) -> None:
+        self.rule = rule.rule
+        self.key, self.seq, self.ssm, self.sg = rule.key, rule.seq, rule.ssm, rule.sg
+        self.family = rule.rule.family
+        self.iif = iif
+        self.oifs: dict[str, int] = oifs if oifs is not None else {}  # name -> ttl
+        self.via: dict[str, set[str]] = {}  # name -> the OIF patterns naming it
+        self._net: tuple[int, int, int, int] | None = None
 
     @property
-    def seq(self) -> int:
-        return self.owner.seq
+    def net(self) -> tuple[int, int, int, int]:
+        """(group net, mask, source net, mask) for covers(); templates only."""
+        if self._net is None:
+            self._net = (*_net(self.rule.group), *_net(self.rule.source))
+        return self._net
 
     def covers(self, source: int, group: int) -> bool:
         gnet, gmask, snet, smask = self.net
@@ -246,8 +261,7 @@ class Plan:
 
     @property
     def ssm(self) -> list[Route]:
-        return [r for rule in self.rules.values() if rule.rule.is_ssm
-                for r in rule.routes.values()]
+        return [r for rule in self.rules.values() if rule.ssm for r in rule.routes.values()]
 
     @property
     def groups(self) -> list[Mgroup]:
@@ -405,17 +419,20 @@ class Plan:
         key = rule_key(d)
         rule = self.rules.get(key)
         if rule is None:
-            rule = self.rules[key] = Rule(next(self._seq), d)
-            if not d.is_ssm:
+            rule = self.rules[key] = Rule(next(self._seq), d, key)
+            if not rule.ssm:
                 self.template_rules[key] = rule
         else:  # an equal line: its OIFs join the rule's (SPEC 5.4)
-            rule.rule = replace(rule.rule, oifs=rule.rule.oifs + tuple(
-                o for o in d.oifs if o not in rule.rule.oifs))
+            rule.set_rule(replace(rule.rule, oifs=rule.rule.oifs + tuple(
+                o for o in d.oifs if o not in rule.rule.oifs)))
         holder = ("mroute", key)
-        for name, pattern in [*((n, "") for n in iifs), *pairs]:
-            rule.held.setdefault(name, set()).add(pattern)
-            self._hold(name, holder)
-        wild = d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)
+        held, holders = rule.held, self._holders
+        for name in iifs:
+            held.setdefault(name, set()).add("")
+            holders.setdefault(name, set()).add(holder)
+        for name, pattern in pairs:
+            held.setdefault(name, set()).add(pattern)
+            holders.setdefault(name, set()).add(holder)
         thresholds = self.thresholds
         for iif in iifs:
             route = rule.routes.get(iif)
@@ -425,7 +442,8 @@ class Plan:
             for name, pattern in pairs:
                 route.oifs[name] = thresholds.get(name, 1)  # a later line's TTL wins
                 route.via.setdefault(name, set()).add(pattern)
-                if name == iif and not wild:
+                if name == iif and not (d.iif.endswith("+")
+                                        or any(o.endswith("+") for o in d.oifs)):
                     self._note("mroute: Same outbound interface (OIF) as inbound (IIF) may"
                                " cause routing loops.", d, NOTE)
             if new:
@@ -466,10 +484,13 @@ class Plan:
 
     def _insert(self, route: Route) -> None:
         """A new route of a rule: into the (S,G) entry or the templates."""
-        if route.rule.is_ssm:
+        if route.ssm:
             key = self._sg(route)
             routes = self._contrib.setdefault(key, [])
-            bisect.insort(routes, route, key=lambda r: r.seq)
+            if not routes or routes[-1].seq < route.seq:
+                routes.append(route)  # (the usual case: a new rule comes last)
+            else:
+                bisect.insort(routes, route, key=lambda r: r.seq)
             first = routes[0]
             if first is not route and first.iif != route.iif:
                 rule = route.rule
@@ -485,7 +506,7 @@ class Plan:
 
     def _withdraw(self, route: Route) -> None:
         """A route of a rule is gone."""
-        if route.rule.is_ssm:
+        if route.ssm:
             key = self._sg(route)
             routes = self._contrib[key]
             routes.remove(route)
@@ -498,16 +519,15 @@ class Plan:
 
     def _changed(self, route: Route) -> None:
         """A route's OIFs changed."""
-        if route.rule.is_ssm:
+        if route.ssm:
             self._merge(self._sg(route))
         else:
             self.changes.inbound.add((route.family, route.iif))
 
     @staticmethod
     def _sg(route: Route) -> MfcKey:
-        rule = route.rule
-        assert rule.source is not None  # is_ssm
-        return MfcKey(rule.family, rule.source.packed, rule.group.packed)
+        assert route.sg is not None  # ssm
+        return route.sg
 
     def _merge(self, key: MfcKey) -> None:
         """The kernel entry for key: the first route's inbound interface, the
@@ -520,17 +540,18 @@ class Plan:
         first = routes[0]
         family = key.family
         vifs = self.vifs
-        oifs: dict[int, int] = {}
-        names: dict[int, str] = {}
-        for route in routes:
-            if route.iif == first.iif:
-                for name, ttl in route.oifs.items():
-                    vif = vifs[(family, name)].vif
-                    oifs[vif] = ttl
-                    names[vif] = name
-        ordered = tuple(sorted(oifs.items()))
-        self.mfc[key] = Mfc(key, vifs[(family, first.iif)].vif, ordered, first.iif,
-                            tuple(names[vif] for vif, _ in ordered), first.rule.where)
+        if len(routes) == 1:  # (the usual case)
+            oifs = {vifs[(family, name)].vif: (ttl, name) for name, ttl in first.oifs.items()}
+        else:
+            oifs = {}  # vif -> (ttl, name)
+            for route in routes:
+                if route.iif == first.iif:
+                    for name, ttl in route.oifs.items():
+                        oifs[vifs[(family, name)].vif] = ttl, name
+        ordered = sorted(oifs.items())
+        self.mfc[key] = Mfc(key, vifs[(family, first.iif)].vif,
+                            tuple([(vif, ttl) for vif, (ttl, _) in ordered]), first.iif,
+                            tuple([name for _, (_, name) in ordered]), first.rule.where)
 
     # -- edits ------------------------------------------------------------------
 
@@ -564,7 +585,8 @@ class Plan:
         rule = self.rules.get(key)
         if rule is None:
             return
-        rule.rule = replace(rule.rule, oifs=tuple(o for o in rule.rule.oifs if o not in patterns))
+        rule.set_rule(replace(rule.rule, oifs=tuple(o for o in rule.rule.oifs
+                                                    if o not in patterns)))
         for route in rule.routes.values():
             for name in [n for n, via in route.via.items() if via <= patterns]:
                 del route.via[name]

@@ -84,7 +84,7 @@ def fast_templates(plan: Plan, most: int) -> tuple[tuple[FastTemplate, ...],
                 oifs = tuple(sorted((vifs[(family, n)].vif, ttl) for n, ttl in route.oifs.items()))
             except KeyError:
                 return tuple(kept), tuple(wire)
-            kept.append(FastTemplate(rule.key, route.iif, tuple(route.oifs.items()),
+            kept.append(FastTemplate(route.key, route.iif, tuple(route.oifs.items()),
                                      rule.rule.where))
             wire.append(Template(family, iif, *_wire_net(route.rule.source, family),
                                  *_wire_net(route.rule.group, family), oifs))
@@ -261,7 +261,7 @@ class FlowTable:
                 continue
             route = plan.match(key.family, iif, key.source, key.group)
             budget = False
-            if route is not None and not self._room(route.owner.key):
+            if route is not None and not self._room(route.key):
                 self._quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
                                        " new flows get expiring stop filters", now)
                 route, budget = None, True
@@ -283,7 +283,7 @@ class FlowTable:
         if route is None:
             return Flow(key, iif, entry(key, iif, (), None, vifs), None, budget)
         return Flow(key, iif, entry(key, iif, route.oifs.items(), route.rule.where, vifs),
-                    route.owner.key)
+                    route.key)
 
     def _wrongvif(self, key: MfcKey, iif: str, plan: Plan) -> Decision | None:
         """Traffic of a learned (S,G) arrives on another interface: move it
@@ -331,7 +331,7 @@ class FlowTable:
                 route = plan.match(key.family, flow.iif, key.source, key.group)
                 if route is not None or flow.stop:
                     budget = flow.budget and flow.stop
-                    if route is not None and (budget or not self._room(route.owner.key)):
+                    if route is not None and (budget or not self._room(route.key)):
                         route, budget = None, True
                     new = self._flow(key, flow.iif, route, budget, plan.vifs)
             if new is None:

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from smcroute.ipc.helper import (
     AddMfc,
     AddVif,
+    AnyReply,
     Counts,
     DelMfc,
     DelVif,
     Mrdisc,
-    Reply,
     SgCount,
     Upcall,
 )
@@ -88,7 +88,7 @@ class KernelEvents(CoreState):
                 self._out.append(Script("install", addr(key.source), addr(key.group)))
         self._send(stale, "fast path, rules since changed")
 
-    def answered(self, batch_id: int, replies: list[Reply], now: float) -> list[Effect]:
+    def answered(self, batch_id: int, replies: list[AnyReply], now: float) -> list[Effect]:
         """The helper's replies to one batch."""
         self.now = now
         batch = self.batches.pop(batch_id)
@@ -170,7 +170,7 @@ class KernelEvents(CoreState):
         if self.settings.script:
             self._out.append(Script("install", addr(key.source), addr(key.group)))
 
-    def _vif_done(self, op: Op, answer: Reply, ok: bool) -> None:
+    def _vif_done(self, op: Op, answer: AnyReply, ok: bool) -> None:
         v = op.after if isinstance(op.req, AddVif) else op.before
         if v is None or isinstance(v, Mfc):
             return
@@ -185,7 +185,7 @@ class KernelEvents(CoreState):
         elif ok:
             self._log("debug", f"Removed {kind} {v.vif} of {v.name}")
 
-    def _audit_op(self, op: Op, answer: Reply, ok: bool, cause: str) -> None:
+    def _audit_op(self, op: Op, answer: AnyReply, ok: bool, cause: str) -> None:
         """Every privileged operation: what, on whose behalf, the kernel's answer."""
         obj = op.after if op.after is not None else op.before
         if obj is None:

@@ -12,12 +12,11 @@ hands that on to the next change in line.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from smcroute.ipc.helper import ABSENT, AddMfc, AddVif, DelMfc, DelVif, Reply, Request
+from smcroute.ipc.helper import ABSENT, AddMfc, AddVif, AnyReply, DelMfc, DelVif, Request
 from smcroute.unprivileged.model import Mfc, MfcKey, Vif
 
 Slot = tuple[int, int]  # (family, VIF/MIF number)
@@ -38,7 +37,7 @@ class Ledger:
     def __init__(self) -> None:
         self.vifs: dict[Slot, Vif] = {}
         self.mfc: dict[MfcKey, Mfc] = {}  # in the order installed (show lists it so)
-        self._chains: dict[Slot | MfcKey, deque[Op]] = {}
+        self._chains: dict[Slot | MfcKey, list[Op]] = {}  # (short: a list)
         self._ids = itertools.count(1)
 
     def next_id(self) -> int:
@@ -59,7 +58,11 @@ class Ledger:
             table.pop(target, None)
         else:
             table[target] = after
-        self._chains.setdefault(target, deque()).append(op)
+        chain = self._chains.get(target)
+        if chain is None:
+            self._chains[target] = [op]
+        else:
+            chain.append(op)
         return op
 
     def add_vif(self, v: Vif) -> Op:
@@ -83,7 +86,7 @@ class Ledger:
         """A request that changes no VIF or MFC entry (queries, mrdisc, templates)."""
         return Op(req, None, purpose=purpose)
 
-    def settle(self, op: Op, reply: Reply) -> bool:
+    def settle(self, op: Op, reply: AnyReply) -> bool:
         """Take the reply to op (replies come in request order): True if the
         kernel did what op said; if not, the ledger is put back."""
         ok = reply.ok or (isinstance(op.req, DelVif | DelMfc) and reply.errno in ABSENT)
@@ -92,7 +95,7 @@ class Ledger:
         chain = self._chains[op.target]
         if chain[0] is not op:
             raise RuntimeError(f"reply to request {op.req.id} out of order")
-        chain.popleft()
+        del chain[0]
         if not chain:
             del self._chains[op.target]
         if not ok:

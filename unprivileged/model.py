@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -172,8 +173,10 @@ class Vif:
     threshold: int
 
 
-@dataclass(frozen=True)
-class MfcKey:
+class MfcKey(NamedTuple):
+    """An (S,G) of one family, as the kernel keys its MFC (a tuple: hashed
+    and compared in C, and there are many)."""
+
     family: int
     source: bytes
     group: bytes

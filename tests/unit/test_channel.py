@@ -78,7 +78,7 @@ def test_screening_answers_policy_violations_locally_and_sends_the_rest() -> Non
     bad2 = AddMfc(3, 4, S4, G4, 1, ((1, 1), (1, 2)))  # the same oif twice
     good2 = DelVif(4, 6, 31)
     p = Protocol()
-    (datagram,) = p.send(7, [good1, bad1, bad2, good2])
+    (datagram,) = list(p.send(7, [good1, bad1, bad2, good2]))
     assert codec.decode(datagram) == [to_wire(good1), to_wire(good2)]
     assert p.ready() == []  # the helper's replies are still to come
     (done,) = p.receive(answers([good1, good2]))
@@ -94,20 +94,20 @@ def test_screening_answers_policy_violations_locally_and_sends_the_rest() -> Non
 def test_batches_are_answered_in_the_order_sent() -> None:
     p = Protocol()
     first = vifs(2)
-    p.send(1, first)
-    assert p.send(2, [AddVif(9, 5, 0, 2, 1)]) == []  # family 5: answered here...
+    list(p.send(1, first))
+    assert list(p.send(2, [AddVif(9, 5, 0, 2, 1)])) == []  # family 5: answered here...
     assert p.ready() == []  # ...but only after batch 1
     assert p.waiting == 2
     done = p.receive(answers(first))
     assert [d.batch for d in done] == [1, 2]  # type: ignore[union-attr]
     assert p.waiting == 0
-    assert p.send(3, []) == [] and p.ready() == [Answered(3, [])]
+    assert list(p.send(3, [])) == [] and p.ready() == [Answered(3, [])]
 
 
 def test_large_batches_are_pipelined_and_replies_matched_in_order() -> None:
     p = Protocol()
     reqs = vifs(600)
-    datagrams = p.send(1, reqs)
+    datagrams = list(p.send(1, reqs))
     assert [len(codec.decode(d)) for d in datagrams] == [256, 256, 88]
     assert Protocol.PIPELINE == 256
     assert p.receive(answers(reqs[:256])) == []
@@ -119,7 +119,7 @@ def test_large_batches_are_pipelined_and_replies_matched_in_order() -> None:
 def test_typed_replies() -> None:
     p = Protocol()
     hello, count = Hello(1), SgCount(2, 4, S4, G4)
-    p.send(1, [hello, count])
+    list(p.send(1, [hello, count]))
     msg = {"t": "replies", "replies": [
         {"id": 1, "ok": True, "version": 1, "maxvifs": 32, "max_mfc": 9, "table": 0, "pid": 5},
         {"id": 2, "ok": True, "packets": 3, "bytes": 300, "wrong_if": 1}]}
@@ -139,7 +139,7 @@ def test_typed_replies() -> None:
 ])
 def test_a_reply_that_does_not_fit_its_request_loses_the_helper(reply: Any) -> None:
     p = Protocol()
-    p.send(1, [AddVif(1, 4, 0, 2, 1)])
+    list(p.send(1, [AddVif(1, 4, 0, 2, 1)]))
     with pytest.raises(HelperLost, match="garbled reply"):
         p.receive(codec.encode({"t": "replies", "replies": [reply]}))
 
@@ -177,7 +177,7 @@ def test_upcalls_and_fatal() -> None:
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_are_events_or_helper_lost(data: bytes) -> None:
     p = Protocol()
-    p.send(1, vifs(1))
+    list(p.send(1, vifs(1)))
     try:
         events = p.receive(data)
     except HelperLost:
@@ -501,3 +501,17 @@ def test_async_garbled_message_loses_the_helper() -> None:
     events = run_async(helper, body)
     assert len(events.lost) == 1 and "unknown message type" in events.lost[0]
     helper.stop()
+
+
+def test_datagrams_are_made_as_they_are_taken() -> None:
+    # (the helper works on the first while we screen and encode the next)
+    p = Protocol()
+    reqs = vifs(600)
+    it = p.send(1, reqs)
+    assert len(codec.decode(next(it))) == 256
+    assert p.receive(answers(reqs[:256])) == []  # answered, but the batch is not all out
+    rest = list(it)
+    assert [len(codec.decode(d)) for d in rest] == [256, 88]
+    assert p.receive(answers(reqs[256:512])) == []
+    (done,) = p.receive(answers(reqs[512:]))
+    assert len(done.replies) == 600  # type: ignore[union-attr]

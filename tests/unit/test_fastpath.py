@@ -190,8 +190,7 @@ def table(limits: Limits) -> tuple[FlowTable, Any, Any, Plan]:
 
 def test_templates_for_the_helper_are_networks_in_config_order() -> None:
     _, routes, wire, target = table(Limits())
-    assert [r.rule[2].address for r in routes] == [ipaddress.IPv4Address("225.1.0.0"),
-                                                   ipaddress.IPv4Address("225.2.0.0")]
+    assert [r.rule[3] for r in routes] == [b4("225.1.0.0"), b4("225.2.0.0")]  # (rule keys)
     assert wire[0] == Template(4, 0, bytes(4), 0, NET, 16, ((1, 1),))
     assert wire[1] == Template(4, 0, b4("10.0.0.0"), 8, b4("225.2.0.0"), 16, ((1, 1),))
     for t in wire:  # and the helper's policy accepts them

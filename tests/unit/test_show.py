@@ -15,7 +15,7 @@ import json
 
 import pytest
 from smcroute.unprivileged import show
-from smcroute.unprivileged.engine import Route, Rule
+from smcroute.unprivileged.engine import Route, Rule, rule_key
 from smcroute.unprivileged.model import (
     Interface,
     Mfc,
@@ -45,7 +45,7 @@ def rule(line: int, iif: str, source: str | None, group: str, *oifs: str) -> Mro
 
 
 def route(r: Mroute, ttl: int = 3) -> Route:
-    return Route(Rule(0, r), r.iif, {name: ttl for name in r.oifs})
+    return Route(Rule(0, r, rule_key(r)), r.iif, {name: ttl for name in r.oifs})
 
 
 def key(source: str, group: str) -> MfcKey:
