@@ -300,7 +300,7 @@ def test_start_up_path_imports_neither_asyncio_nor_structlog() -> None:
     code = (
         "import sys\n"
         "import smcroute.unprivileged.smcrouted, smcroute.unprivileged.boot\n"
-        "import smcroute.unprivileged.verify, smcroute.unprivileged.state\n"
+        "import smcroute.unprivileged.verify, smcroute.unprivileged.core\n"
         "import smcroute.unprivileged.channel, smcroute.unprivileged.bootlog\n"
         "heavy = sorted(m for m in sys.modules\n"
         "               if m.split('.')[0] in ('asyncio', 'structlog', 'pyroute2'))\n"
