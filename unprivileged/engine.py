@@ -86,6 +86,30 @@ def _net(prefix: Prefix | None) -> tuple[int, int]:
     return int(prefix.address) & mask, mask
 
 
+class Resolved:
+    """An mroute line's interfaces, worked out once per (inbound, outbound)
+    patterns: large configurations repeat them line after line."""
+
+    __slots__ = ("held", "iifs", "loops", "missing", "names", "oifs", "via")
+
+    def __init__(self, iifs: list[str], pairs: list[tuple[str, str]], missing: tuple[str, ...],
+                 thresholds: Mapping[str, int], wildcard: bool) -> None:
+        self.iifs = iifs
+        self.missing = missing
+        via: dict[str, set[str]] = {}
+        for name, pattern in pairs:
+            via.setdefault(name, set()).add(pattern)
+        self.via = {name: frozenset(p) for name, p in via.items()}
+        self.oifs = {name: thresholds.get(name, 1) for name in via}
+        held = dict.fromkeys(iifs, frozenset(("",)))
+        for name, patterns in self.via.items():
+            held[name] = held.get(name, frozenset()) | patterns
+        self.held = held
+        self.names = tuple(held)  # every interface the line holds
+        # inbound interfaces that are among the OIFs, named without wildcards
+        self.loops = frozenset() if wildcard else frozenset(iifs) & self.via.keys()
+
+
 class Rule:
     """One route rule: the lines equal to its first, merged. (A plain class
     with slots: a configuration has thousands, and none refers back to it,
@@ -102,8 +126,9 @@ class Rule:
         self.rule = rule  # the first line, with the OIF patterns of every line of it
         self.routes: dict[str, Route] = {}  # by inbound interface
         # the interfaces whose VIFs its lines took (and no "phyint disable"
-        # freed since), with the patterns that named them ("" for the inbound)
-        self.held: dict[str, set[str]] = {}
+        # freed since), with the patterns that named them ("" for the inbound);
+        # frozen sets, replaced on change: shared with the resolution cache
+        self.held: dict[str, frozenset[str]] = {}
 
     def set_rule(self, rule: Mroute) -> None:
         """The rule's OIF patterns changed (its routes keep a copy)."""
@@ -123,7 +148,7 @@ class Route:
         self.family = rule.rule.family
         self.iif = iif
         self.oifs: dict[str, int] = oifs if oifs is not None else {}  # name -> ttl
-        self.via: dict[str, set[str]] = {}  # name -> the OIF patterns naming it
+        self.via: dict[str, frozenset[str]] = {}  # name -> the OIF patterns naming it
         self._net: tuple[int, int, int, int] | None = None
 
     @property
@@ -247,10 +272,12 @@ class Plan:
         # GroupKey) or ("phyint", n); a VIF goes when nothing holds it
         self._holders: dict[str, set[tuple[str, object]]] = {}
         self._member_by: dict[MemberKey, list[GroupKey]] = {}
-        # Interfaces resolved per (inbound, outbound) patterns: large configs
-        # repeat them line after line. Valid until slots or thresholds change.
-        self._known: dict[tuple[str, tuple[str, ...]],
-                          tuple[list[str], list[tuple[str, str]], tuple[str, ...]]] = {}
+        # Interfaces resolved per (inbound, outbound) patterns, and (S,G)
+        # entries' VIF lists per (family, inbound, OIFs): valid until slots
+        # or thresholds change (_phyint, _release).
+        self._known: dict[tuple[str, tuple[str, ...]], Resolved] = {}
+        self._merged: dict[tuple[int, str, tuple[tuple[str, int], ...]],
+                           tuple[int, tuple[tuple[int, int], ...], tuple[str, ...]]] = {}
 
     # -- views ----------------------------------------------------------------
 
@@ -341,6 +368,7 @@ class Plan:
     def _release(self, name: str) -> None:
         if self.slots.release(name):
             self._known.clear()
+            self._merged.clear()
             self.changes.inbound.update((f, name) for f in FAMILIES)
 
     def _multicast(self, names: list[str]) -> bool:
@@ -349,6 +377,7 @@ class Plan:
 
     def _phyint(self, d: Phyint) -> None:
         self._known.clear()
+        self._merged.clear()
         names = match(d.pattern, self.interfaces)
         if not names:
             self._note(f"phyint {d.pattern} does not exist (yet?) on this system", d, INTERFACE)
@@ -387,10 +416,9 @@ class Plan:
                     self._changed(route)
         self._release(name)
 
-    def _resolve(self, d: Mroute
-                 ) -> tuple[list[str], list[tuple[str, str]], tuple[str, ...]] | None:
-        """(inbound names, (outbound name, pattern) pairs, missing patterns);
-        None: the inbound interface is missing (the line is pending)."""
+    def _resolve(self, d: Mroute) -> Resolved | None:
+        """The line's interfaces; None: the inbound interface is missing
+        (the line is pending)."""
         said = len(self.diagnostics)
         iifs = match(d.iif, self.interfaces)
         if not self._multicast(iifs):  # SPEC 8.2: wait for the MULTICAST flag too
@@ -404,7 +432,8 @@ class Plan:
             if not self._multicast(names):
                 missing.append(pattern)
             pairs += [(n, pattern) for n in names if self._usable(n, "mroute: outbound", d)]
-        resolved = iifs, pairs, tuple(missing)
+        wildcard = d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)
+        resolved = Resolved(iifs, pairs, tuple(missing), self.thresholds, wildcard)
         if len(self.diagnostics) == said:
             self._known[(d.iif, d.oifs)] = resolved
         return resolved
@@ -413,43 +442,43 @@ class Plan:
         resolved = self._known.get((d.iif, d.oifs)) or self._resolve(d)
         if resolved is None:
             return
-        iifs, pairs, missing = resolved
-        if missing:
-            self._pend(Pending(d, missing))
+        if resolved.missing:
+            self._pend(Pending(d, resolved.missing))
         key = rule_key(d)
         rule = self.rules.get(key)
+        holder = ("mroute", key)
         if rule is None:
             rule = self.rules[key] = Rule(next(self._seq), d, key)
             if not rule.ssm:
                 self.template_rules[key] = rule
+            rule.held = dict(resolved.held)
         else:  # an equal line: its OIFs join the rule's (SPEC 5.4)
             rule.set_rule(replace(rule.rule, oifs=rule.rule.oifs + tuple(
                 o for o in d.oifs if o not in rule.rule.oifs)))
-        holder = ("mroute", key)
-        held, holders = rule.held, self._holders
-        for name in iifs:
-            held.setdefault(name, set()).add("")
-            holders.setdefault(name, set()).add(holder)
-        for name, pattern in pairs:
-            held.setdefault(name, set()).add(pattern)
-            holders.setdefault(name, set()).add(holder)
-        thresholds = self.thresholds
-        for iif in iifs:
-            route = rule.routes.get(iif)
-            new = route is None
-            if route is None:
-                route = rule.routes[iif] = Route(rule, iif)
-            for name, pattern in pairs:
-                route.oifs[name] = thresholds.get(name, 1)  # a later line's TTL wins
-                route.via.setdefault(name, set()).add(pattern)
-                if name == iif and not (d.iif.endswith("+")
-                                        or any(o.endswith("+") for o in d.oifs)):
-                    self._note("mroute: Same outbound interface (OIF) as inbound (IIF) may"
-                               " cause routing loops.", d, NOTE)
-            if new:
-                self._insert(route)
+            held = rule.held
+            for name, patterns in resolved.held.items():
+                held[name] = held[name] | patterns if name in held else patterns
+        holders = self._holders
+        for name in resolved.names:
+            if name in holders:
+                holders[name].add(holder)
             else:
-                self._changed(route)
+                holders[name] = {holder}
+        for iif in resolved.iifs:
+            if iif in resolved.loops:
+                self._note("mroute: Same outbound interface (OIF) as inbound (IIF) may"
+                           " cause routing loops.", d, NOTE)
+            route = rule.routes.get(iif)
+            if route is None:
+                route = rule.routes[iif] = Route(rule, iif, dict(resolved.oifs))
+                route.via = dict(resolved.via)
+                self._insert(route)
+                continue
+            route.oifs.update(resolved.oifs)  # a later line's TTL wins
+            via = route.via
+            for name, patterns in resolved.via.items():
+                via[name] = via[name] | patterns if name in via else patterns
+            self._changed(route)
 
     def _mgroup(self, d: Mgroup) -> None:
         if error := groups.too_large(d):
@@ -540,14 +569,23 @@ class Plan:
         first = routes[0]
         family = key.family
         vifs = self.vifs
-        if len(routes) == 1:  # (the usual case)
-            oifs = {vifs[(family, name)].vif: (ttl, name) for name, ttl in first.oifs.items()}
-        else:
-            oifs = {}  # vif -> (ttl, name)
-            for route in routes:
-                if route.iif == first.iif:
-                    for name, ttl in route.oifs.items():
-                        oifs[vifs[(family, name)].vif] = ttl, name
+        if len(routes) == 1:  # (the usual case: one rule, OIF lists repeated line after line)
+            sig = (family, first.iif, tuple(first.oifs.items()))
+            merged = self._merged.get(sig)
+            if merged is None:
+                ordered = sorted((vifs[(family, name)].vif, ttl, name)
+                                 for name, ttl in first.oifs.items())
+                merged = self._merged[sig] = (vifs[(family, first.iif)].vif,
+                                              tuple([(vif, ttl) for vif, ttl, _ in ordered]),
+                                              tuple([name for _, _, name in ordered]))
+            parent, ttls, names = merged
+            self.mfc[key] = Mfc(key, parent, ttls, first.iif, names, first.rule.where)
+            return
+        oifs = {}  # vif -> (ttl, name)
+        for route in routes:
+            if route.iif == first.iif:
+                for name, ttl in route.oifs.items():
+                    oifs[vifs[(family, name)].vif] = ttl, name
         ordered = sorted(oifs.items())
         self.mfc[key] = Mfc(key, vifs[(family, first.iif)].vif,
                             tuple([(vif, ttl) for vif, (ttl, _) in ordered]), first.iif,
@@ -589,16 +627,15 @@ class Plan:
                                                     if o not in patterns)))
         for route in rule.routes.values():
             for name in [n for n, via in route.via.items() if via <= patterns]:
-                del route.via[name]
                 del route.oifs[name]
-            for via in route.via.values():
-                via -= patterns
+            route.via = {n: via - patterns for n, via in route.via.items() if not via <= patterns}
             self._changed(route)
         for name, via in list(rule.held.items()):
-            via -= patterns
-            if not via:
+            if via <= patterns:
                 del rule.held[name]
                 self._unhold(name, ("mroute", key))
+            else:
+                rule.held[name] = via - patterns
 
     def remove_join(self, key: GroupKey) -> None:
         """Take an mgroup rule out; memberships it shared with another stay."""
