@@ -37,7 +37,10 @@ def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     for key, _ in pairs:
         if type(key) is not str:
             raise DecodeError(f"map key of type {type(key).__name__}, expected str")
-    return dict(pairs)
+    result = dict(pairs)
+    if len(result) != len(pairs):  # msgpack keeps the last one silently
+        raise DecodeError("duplicate map key")
+    return result
 
 
 def encode(obj: Any, limit: int = MAX_DATAGRAM) -> bytes:

@@ -42,16 +42,18 @@ from smcroute.policy.limits import (
     FAMILIES,
     MAX_BATCH,
     MAX_FAST_LIMIT,
+    MAX_IFINDEX,
     MAX_OIFS,
     MAX_TEMPLATES,
     MAXVIFS,
+    MRDISC_BURST,
     MRDISC_INTERVAL,
+    MRDISC_RATE,
     TTL_MAX,
     TTL_MIN,
 )
 
 MAX_ID = 2**63 - 1
-MAX_IFINDEX = 2**31 - 1
 
 
 class Violation(ValueError):
@@ -210,7 +212,7 @@ def parse_request(msg: Any) -> Request:
     family = _family(msg["family"])
     if op == "add_vif":
         return AddVif(rid, family, _int(msg, "vif", 0, MAXVIFS - 1),
-                      _int(msg, "ifindex", 1, MAX_IFINDEX),
+                      _int(msg, "ifindex", 1, MAX_IFINDEX[family]),
                       _int(msg, "threshold", TTL_MIN, TTL_MAX))
     if op == "del_vif":
         return DelVif(rid, family, _int(msg, "vif", 0, MAXVIFS - 1))
@@ -229,7 +231,12 @@ def parse_batch(msg: Any) -> list[Request]:
         raise Violation(f"a request datagram must be a list, got {type(msg).__name__}")
     if not 1 <= len(msg) <= MAX_BATCH:
         raise Violation(f"batch of {len(msg)} requests, allowed 1..{MAX_BATCH}")
-    return [parse_request(item) for item in msg]
+    batch = [parse_request(item) for item in msg]
+    # Every reply but modules' is short: one of those keeps a batch's
+    # replies within a datagram (a test computes the bound).
+    if sum(isinstance(r, Modules) for r in batch) > 1:
+        raise Violation("more than one modules request in a batch")
+    return batch
 
 
 @dataclass
@@ -240,6 +247,17 @@ class HelperState:
     vifs: dict[int, dict[int, int]] = field(default_factory=lambda: {4: {}, 6: {}})
     mfc: set[tuple[int, bytes, bytes]] = field(default_factory=set)
     fast: FastPath = field(default_factory=FastPath)
+    mrdisc_sent: dict[int, tuple[float, float]] = field(default_factory=dict)  # vif: tokens, at
+
+    def mrdisc_allowed(self, vif: int, now: float) -> bool:
+        """Take one of the VIF's mrdisc tokens (MRDISC_RATE, MRDISC_BURST)."""
+        tokens, then = self.mrdisc_sent.get(vif, (MRDISC_BURST, now))
+        tokens = min(MRDISC_BURST, tokens + (now - then) * MRDISC_RATE)
+        if tokens < 1:
+            self.mrdisc_sent[vif] = tokens, now
+            return False
+        self.mrdisc_sent[vif] = tokens - 1, now
+        return True
 
     def apply(self, req: Request) -> None:
         """Record a request the kernel accepted."""

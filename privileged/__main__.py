@@ -1,23 +1,26 @@
-"""Entry point: python -I -m smcroute.privileged --fd N [options].
+"""Entry point: started by smcrouted (launch_helper) as python -I -S with
+--fd N [options].
 
 Started by smcrouted with root privileges and only its end of a
-SOCK_SEQPACKET socketpair. It opens and initialises the mroute sockets,
-drops to CAP_NET_ADMIN alone, then serves the controller until EOF.
+SOCK_SEQPACKET socketpair. It opens and initialises every socket it will
+use, drops every capability (the kernel checks only that an mroute option
+comes through the table's own mroute socket), becomes undumpable, then
+serves the controller until EOF.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 
 import prctl
 from smcroute.ipc import codec
 from smcroute.policy.helper import HelperState
-from smcroute.policy.limits import DEFAULT_MAX_MFC
+from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_TABLE
 from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
 from smcroute.privileged.kernel import Mroute
 from smcroute.privileged.server import ProtocolViolation, Server
@@ -32,19 +35,47 @@ INIT_ERRORS = {
 }
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, add_help=False)
-    p.add_argument("--fd", type=int, required=True)
-    p.add_argument("--table", type=int, default=0)
-    p.add_argument("--uid", type=int)
-    p.add_argument("--gid", type=int)
-    p.add_argument("--groups", default="")
-    p.add_argument("--max-mfc", type=int, default=DEFAULT_MAX_MFC)
-    p.add_argument("--rcvbuf", type=int, default=16 * 1024 * 1024)
-    args = p.parse_args(argv)
-    if args.table < 0 or args.max_mfc < 1 or (args.uid is None) != (args.gid is None):
-        p.error("invalid --table, --max-mfc or --uid/--gid")
-    return args
+@dataclass(frozen=True)
+class Args:
+    fd: int
+    table: int = 0
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+    max_mfc: int = DEFAULT_MAX_MFC
+    rcvbuf: int = 16 * 1024 * 1024
+
+
+class UsageError(ValueError):
+    pass
+
+
+_RANGES = {"--fd": (0, 2**31 - 1), "--table": (0, MAX_TABLE), "--uid": (0, 2**32 - 2),
+           "--gid": (0, 2**32 - 2), "--max-mfc": (1, 2**31 - 1), "--rcvbuf": (1, 2**31 - 1)}
+
+
+def parse_args(argv: list[str]) -> Args:
+    """The controller builds this command line: "--name value" pairs, each
+    at most once, all numbers (--groups: a comma-separated list)."""
+    if len(argv) % 2:
+        raise UsageError("options come in pairs")
+    values: dict[str, object] = {}
+    for name, text in zip(argv[::2], argv[1::2], strict=True):
+        if name in values or (name not in _RANGES and name != "--groups"):
+            raise UsageError(f"unknown or repeated option {name}")
+        try:
+            if name == "--groups":
+                values[name] = tuple(int(g) for g in text.split(",") if g)
+            else:
+                lo, hi = _RANGES[name]
+                values[name] = number = int(text)
+                if not lo <= number <= hi:
+                    raise ValueError(f"{number} outside {lo}..{hi}")
+        except ValueError as exc:
+            raise UsageError(f"{name} {text!r}: {exc}") from None
+    if "--fd" not in values or ("--uid" in values) != ("--gid" in values):
+        raise UsageError("--fd is required, --uid and --gid go together")
+    return Args(**{k[2:].replace("-", "_"): v for k, v in values.items()})  # type: ignore[arg-type]
 
 
 def fatal(chan: socket.socket | None, text: str, status: int = 1) -> int:
@@ -64,7 +95,10 @@ def main(argv: list[str]) -> int:
     # terminal's or the service manager's signals meant for the controller.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        return fatal(None, str(exc), 2)
     try:
         chan = socket.socket(fileno=args.fd)
     except OSError as exc:
@@ -79,11 +113,15 @@ def main(argv: list[str]) -> int:
                                " {table}: " + (exc.strerror or str(exc)))
         return fatal(chan, text.format(table=args.table))
     creds = None
-    if args.uid is not None:
-        groups = tuple(int(g) for g in args.groups.split(",") if g)
-        creds = Credentials(args.uid, args.gid, groups)
+    if args.uid is not None and args.gid is not None:
+        creds = Credentials(args.uid, args.gid, args.groups)
     try:
-        drop_privileges(creds, keep=(prctl.CAP_NET_ADMIN,))
+        drop_privileges(creds, keep=())
+        # Not ptrace-able, no /proc/PID/mem or pidfd_getfd for a process of
+        # our uid: the sockets we hold are the whole privilege.
+        prctl.set_dumpable(False)
+        if prctl.get_dumpable():
+            raise PrivilegeError("still dumpable")
     except (OSError, PrivilegeError, ValueError) as exc:
         return fatal(chan, f"cannot drop privileges: {exc}")
     # Fate sharing: die with the controller even if EOF never arrives.
@@ -93,7 +131,7 @@ def main(argv: list[str]) -> int:
     try:
         return Server(chan, mroute, HelperState(max_mfc=args.max_mfc)).run()
     except ProtocolViolation as exc:
-        return fatal(None, f"protocol violation, exiting: {exc}", 3)
+        return fatal(chan, f"protocol violation, exiting: {exc}", 3)
     except (BrokenPipeError, ConnectionResetError):
         return 0
     finally:

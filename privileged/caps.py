@@ -1,7 +1,7 @@
 """Dropping privileges to an exact, verified capability set.
 
-Used by the helper (keeping CAP_NET_ADMIN) and by the controller (keeping
-nothing). The result is checked from /proc/self/status, the same place an
+Used by the helper and by the controller, both keeping nothing (the helper
+once its sockets are open). The result is checked from /proc/self/status, the same place an
 auditor looks, so a kernel or library surprise is fatal rather than silent.
 """
 

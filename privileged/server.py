@@ -7,6 +7,7 @@ import os
 import select
 import socket
 import sys
+import time
 from typing import Any
 
 from smcroute.ipc import codec
@@ -74,8 +75,12 @@ class Server:
 
     def serve_one(self) -> bool:
         data, _, flags, _ = self.chan.recvmsg(codec.MAX_DATAGRAM + 1)
-        if not data:
-            return False
+        if not data:  # the end, or an empty datagram: only poll tells them apart
+            poller = select.poll()
+            poller.register(self.chan, select.POLLIN)
+            if any(ev & select.POLLHUP for _, ev in poller.poll(0)):
+                return False
+            raise ProtocolViolation("empty datagram")
         if flags & socket.MSG_TRUNC or len(data) > codec.MAX_DATAGRAM:
             raise ProtocolViolation("datagram exceeds the size limit")
         try:
@@ -98,6 +103,9 @@ class Server:
             return ok_reply(req.id, modules=sorted(sys.modules))
         try:
             policy.check(req, self.state)
+            if isinstance(req, Mrdisc) and not self.state.mrdisc_allowed(req.vif,
+                                                                         time.monotonic()):
+                raise policy.Refusal(errno.EAGAIN, f"mrdisc rate limit of vif {req.vif}")
         except policy.Refusal as exc:
             return error_reply(req.id, exc.errno, exc.text)
         try:

@@ -25,7 +25,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from smcroute.policy.limits import FAMILIES, MAXVIFS
+from smcroute.policy.limits import FAMILIES, MAX_IFINDEX, MAXVIFS
 from smcroute.unprivileged import groups
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.model import (
@@ -206,12 +206,15 @@ class Slots:
         self.held = {(v.family, v.vif) for v in vifs}
 
     def ensure(self, name: str, index: int, threshold: int) -> list[str]:
-        """Give name a VIF and a MIF (both or neither); the reasons if not."""
+        """Give name a VIF and a MIF (both or neither, but that an ifindex
+        above the MIF's 16 bits gets no MIF); the reasons if not."""
         if (4, name) in self.vifs:
             return []
         pair: list[Vif] = []
         full = []
         for family in FAMILIES:
+            if index > MAX_IFINDEX[family]:
+                continue
             old = self.by_name.get((family, name))
             if old is None or old.ifindex != index:
                 old = self.by_index.get((family, index))
@@ -275,7 +278,7 @@ class Plan:
         # Interfaces resolved per (inbound, outbound) patterns, and (S,G)
         # entries' VIF lists per (family, inbound, OIFs): valid until slots
         # or thresholds change (_phyint, _release).
-        self._known: dict[tuple[str, tuple[str, ...]], Resolved] = {}
+        self._known: dict[tuple[int, str, tuple[str, ...]], Resolved] = {}
         self._merged: dict[tuple[int, str, tuple[tuple[str, int], ...]],
                            tuple[int, tuple[tuple[int, int], ...], tuple[str, ...]]] = {}
 
@@ -351,6 +354,10 @@ class Plan:
         full = self.slots.ensure(name, iface.index, self.thresholds.get(name, 1))
         for why in full:
             self._note(why, d, INTERFACE)
+        if not full and isinstance(d, Mroute) and d.family == 6 and (6, name) not in self.vifs:
+            self._note(f"{role} {name} has ifindex {iface.index}, above {MAX_IFINDEX[6]}:"
+                       " the kernel cannot route IPv6 through it", d, INTERFACE)
+            return False
         return not full
 
     def _hold(self, name: str, holder: tuple[str, object]) -> None:
@@ -435,11 +442,11 @@ class Plan:
         wildcard = d.iif.endswith("+") or any(o.endswith("+") for o in d.oifs)
         resolved = Resolved(iifs, pairs, tuple(missing), self.thresholds, wildcard)
         if len(self.diagnostics) == said:
-            self._known[(d.iif, d.oifs)] = resolved
+            self._known[(d.family, d.iif, d.oifs)] = resolved
         return resolved
 
     def _mroute(self, d: Mroute) -> None:
-        resolved = self._known.get((d.iif, d.oifs)) or self._resolve(d)
+        resolved = self._known.get((d.family, d.iif, d.oifs)) or self._resolve(d)
         if resolved is None:
             return
         if resolved.missing:

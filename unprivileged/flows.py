@@ -241,7 +241,7 @@ class FlowTable:
             seen.add(key)
             iif = vif_name.get((u.family, u.vif))
             if iif is None:
-                self._quiet("novif", f"No matching interface for VIF {u.vif}, cannot handle"
+                self.quiet("novif", f"No matching interface for VIF {u.vif}, cannot handle"
                                      f" {u.kind} upcalls", now)
                 continue
             if u.kind == "wrongvif":
@@ -250,23 +250,23 @@ class FlowTable:
                     out.append(d)
                 continue
             if u.kind != "nocache":
-                self._quiet("pim", f"Receiving PIM register data from {addr(key.source)},"
+                self.quiet("pim", f"Receiving PIM register data from {addr(key.source)},"
                                    f" group {addr(key.group)}", now)
                 continue
             if key in installed or key in plan.mfc:
                 continue  # queued before we installed it, or the config's (S,G)
             if not self.bucket.take(now):
-                self._quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
+                self.quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
                                     " new flows ignored for now", now)
                 continue
             route = plan.match(key.family, iif, key.source, key.group)
             budget = False
             if route is not None and not self._room(route.key):
-                self._quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
+                self.quiet("learned", f"learned route budget exhausted ({route.rule.where}):"
                                        " new flows get expiring stop filters", now)
                 route, budget = None, True
             if route is None and self.stops >= self.limits.max_learned:
-                self._quiet("stops", f"stop filter budget of {self.limits.max_learned}"
+                self.quiet("stops", f"stop filter budget of {self.limits.max_learned}"
                                      " exhausted: new flows ignored for now", now)
                 continue
             if route is None and self.verbose and not budget:
@@ -303,7 +303,8 @@ class FlowTable:
             return None
         return Decision(self._flow(key, iif, route, False, plan.vifs), prior=flow)
 
-    def _quiet(self, what: str, text: str, now: float) -> None:
+    def quiet(self, what: str, text: str, now: float) -> None:
+        """A warning at most once per throttle period, with the count since."""
         if n := self.throttle.hit(what, now):
             self.said("warning", text + (f" ({n} times)" if n > 1 else ""))
 

@@ -4,6 +4,7 @@ results of the controller's own group memberships. No I/O."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 
 from smcroute.ipc.helper import (
@@ -117,8 +118,12 @@ class KernelEvents(CoreState):
                 m = op.after
                 assert isinstance(m, Mfc)
                 where = f"{m.where}: " if m.where and not isinstance(d, Decision) else ""
-                self._log("warning", f"{where}failed adding IPv{key.family} multicast route"
-                                     f" {sg(key)}: {answer.error}")
+                if isinstance(d, Decision) and answer.errno == errno.ENOSPC:  # a flood: throttled
+                    flows.quiet("mfc cap", f"the helper's MFC cap is reached, learned route"
+                                           f" {sg(key)} refused: {answer.error}", now)
+                else:
+                    self._log("warning", f"{where}failed adding IPv{key.family} multicast"
+                                         f" route {sg(key)}: {answer.error}")
                 if job is not None:
                     job.refused[key] = answer.error
                 if isinstance(d, Decision):
@@ -140,6 +145,7 @@ class KernelEvents(CoreState):
                 job.counts[MfcKey(req.family, req.source, req.group)] = answer
         if refused:
             self._refused(refused)
+            self._said_flows()
         self._settle_job(job)
         return self._done()
 

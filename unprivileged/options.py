@@ -13,6 +13,7 @@ import pwd
 import sys
 from dataclasses import dataclass, field, replace
 
+from smcroute.policy.limits import MAX_TABLE
 from smcroute.unprivileged import texts
 from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 
@@ -171,7 +172,7 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
             opts = replace(opts, syslog_votes=opts.syslog_votes + 1)
         case "-t":
             table = atoi(value)
-            if table < 0:
+            if not 0 <= table <= MAX_TABLE:  # (MRT_TABLE's u32; SMCRoute's is an int)
                 raise _fail_usage(f"invalid table id -- '{value}'", opts)
             opts = replace(opts, table=table)
         case "-u":

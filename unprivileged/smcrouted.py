@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from smcroute.policy.limits import DEFAULT_MAX_MFC
 from smcroute.unprivileged import options, texts
 from smcroute.unprivileged.bootlog import DeferredLog
 
@@ -43,6 +44,44 @@ def daemonize() -> None:
         os.close(fd)
 
 
+# The helper runs with -I -S: no site module, so no .pth file and no
+# sitecustomize runs as root; its sys.path is the standard library and
+# exactly the directories of its three dependencies, passed here, after the
+# standard library (nothing there can shadow a standard module).
+HELPER_BOOT = ("import sys; n = int(sys.argv[1]); sys.path += sys.argv[2:2 + n];"
+               " del sys.argv[1:2 + n]; from smcroute.privileged.__main__ import main;"
+               " sys.exit(main(sys.argv[1:]))")
+
+
+def helper_path() -> list[str]:
+    """The directories holding smcroute, msgpack and prctl (and _prctl)."""
+    import _prctl
+    import msgpack
+    import prctl
+    import smcroute
+    dirs = [os.path.dirname(next(iter(smcroute.__path__))),
+            os.path.dirname(os.path.dirname(msgpack.__file__)),
+            os.path.dirname(prctl.__file__), os.path.dirname(_prctl.__file__)]
+    return list(dict.fromkeys(dirs))
+
+
+def helper_mfc_cap(opts: options.Options) -> int:
+    """The helper's MFC cap: configured (S,G) routes, learned routes and stop
+    filters all fit (smcroute.conf(5) LIMITS), so it never refuses what
+    the budgets allow."""
+    return DEFAULT_MAX_MFC + 2 * opts.max_learned
+
+
+def helper_command(fd: int, table: int, user: options.User | None, max_mfc: int) -> list[str]:
+    path = helper_path()
+    cmd = [sys.executable, "-I", "-S", "-c", HELPER_BOOT, str(len(path)), *path,
+           "--fd", str(fd), "--table", str(table), "--max-mfc", str(max_mfc)]
+    if user:
+        cmd += ["--uid", str(user.uid), "--gid", str(user.gid),
+                "--groups", ",".join(map(str, user.groups))]
+    return cmd
+
+
 def launch_helper(opts: options.Options) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """Start the helper as a fresh interpreter holding only its end of the pair."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -52,11 +91,7 @@ def launch_helper(opts: options.Options) -> tuple[subprocess.Popen[bytes], socke
                 sock.setsockopt(socket.SOL_SOCKET, opt, CHANNEL_BUFFER)
             except OSError:
                 pass
-    cmd = [sys.executable, "-I", "-m", "smcroute.privileged", "--fd", str(theirs.fileno()),
-           "--table", str(opts.table)]
-    if opts.user:
-        cmd += ["--uid", str(opts.user.uid), "--gid", str(opts.user.gid),
-                "--groups", ",".join(map(str, opts.user.groups))]
+    cmd = helper_command(theirs.fileno(), opts.table, opts.user, helper_mfc_cap(opts))
     try:
         proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, env={}, cwd="/")

@@ -64,8 +64,10 @@ class Smcrouted:
     """One smcrouted process running in a namespace (foreground, debug log)."""
 
     def __init__(self, ns: Netns, workdir: Path, config: str, args: Sequence[str] = (),
-                 ident: str | None = None, split_stderr: bool = False):
+                 ident: str | None = None, split_stderr: bool = False,
+                 prefix: Sequence[str] = ()):
         self.ns = ns
+        self.prefix = list(prefix)  # run smcrouted through this (e.g. setpriv)
         self.workdir = workdir
         self.conf = workdir / "smcroute.conf"
         # With an identity (-i NAME) and no -P/-u, the daemon derives its
@@ -92,7 +94,8 @@ class Smcrouted:
             "-P", str(self.pidfile), "-u", str(self.sock)]
         return [
             "ip", "netns", "exec", self.ns.name,
-            str(SMCROUTED), "-n", "-f", str(self.conf), *paths, "-l", "debug", *self.args,
+            *self.prefix, str(SMCROUTED), "-n", "-f", str(self.conf), *paths, "-l", "debug",
+            *self.args,
         ]  # fmt: skip
 
     def start(self) -> Smcrouted:
@@ -150,10 +153,10 @@ class Smcrouted:
         while time.monotonic() < deadline:
             for child in self.children():
                 try:
-                    cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                    cmd = Path(f"/proc/{child}/cmdline").read_bytes()
                 except FileNotFoundError:
                     continue
-                if b"smcroute.privileged" in cmd:
+                if b"smcroute.privileged" in cmd:  # (in its -c boot line)
                     return child
             time.sleep(0.05)
         raise AssertionError(
@@ -212,17 +215,23 @@ def smcrouted(request, topo):
 
     def start(
         config: str, args: Sequence[str] = (), ns: Netns | None = None, ready: bool = True,
-        ident: str | None = None, split_stderr: bool = False,
+        ident: str | None = None, split_stderr: bool = False, prefix: Sequence[str] = (),
+        owner: int | None = None,
     ) -> Smcrouted:
         """``ident``: start with ``-i IDENT`` instead of -P/-u in the workdir
         (the daemon then uses /var/run/IDENT.pid and .sock; pick a unique
-        name).  ``split_stderr``: keep stderr apart (Smcrouted.stderr())."""
+        name).  ``split_stderr``: keep stderr apart (Smcrouted.stderr()).
+        ``prefix``: run smcrouted through this command; ``owner``: the
+        workdir's uid."""
         # Root's but world-readable, like /run: a daemon running as -p nobody
         # can still read its config (reload).
         workdir = Path(tempfile.mkdtemp(prefix="smcpy-"))
         workdir.chmod(0o755)
+        if owner is not None:  # a daemon started as that uid writes its PID file and socket here
+            os.chown(workdir, owner, -1)
         workdirs.append(workdir)
-        daemon = Smcrouted(ns or topo.router, workdir, config, args, ident, split_stderr)
+        daemon = Smcrouted(ns or topo.router, workdir, config, args, ident, split_stderr,
+                           prefix)
         started.append(daemon)
         daemon.start()
         if ready:

@@ -13,6 +13,9 @@ import subprocess
 import sys
 
 from smcroute.ipc import codec
+from smcroute.policy.limits import DEFAULT_MAX_MFC
+from smcroute.unprivileged.options import User
+from smcroute.unprivileged.smcrouted import helper_command
 
 
 def jsonable(obj):
@@ -27,8 +30,8 @@ def jsonable(obj):
 
 def main(args: list[str]) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    cmd = [sys.executable, "-I", "-m", "smcroute.privileged", "--fd", str(theirs.fileno()),
-           "--uid", "65534", "--gid", "65534"]
+    # exactly as smcrouted starts it, as nobody
+    cmd = helper_command(theirs.fileno(), 0, User("nobody", 65534, 65534, ()), DEFAULT_MAX_MFC)
     proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stderr=subprocess.PIPE, env={})
     theirs.close()
     ours.settimeout(5)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,22 +51,38 @@ def test_helper_imports_only_stdlib_msgpack_prctl_and_its_own_packages(ns):
     hello, modules, end = results
     assert hello["replies"][0]["ok"] is True
     loaded = set(modules["replies"][0]["modules"])
-    # What the interpreter itself loads before any of our code (site, .pth hooks).
-    baseline = set(json.loads(subprocess.run(
-        [sys.executable, "-I", "-c", "import sys, json; print(json.dumps(sorted(sys.modules)))"],
-        check=True, capture_output=True, text=True, env={}).stdout))
+    # Against an empty baseline: everything in the helper's sys.modules, the
+    # interpreter's own start-up included, is named here or is standard
+    # library. No site, no .pth hook, no sitecustomize (-I -S).
     strays = sorted(
-        m for m in loaded - baseline
+        m for m in loaded
         if m.split(".")[0] not in sys.stdlib_module_names
         and m.split(".")[0] not in ALLOWED_TOP
         and not m.startswith("_cython_")  # msgpack's compiled runtime
-        and m != "smcroute"  # the namespace parent of our packages
+        and m not in ("__main__", "smcroute")  # -c's module; the namespace parent of ours
         and not any(m == p or m.startswith(p + ".") for p in ALLOWED_OURS)
     )
     assert strays == []
     assert not [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    assert not {"site", "sitecustomize", "usercustomize", "_distutils_hack"} & loaded
     assert {"smcroute.privileged.server", "smcroute.policy.helper", "msgpack", "prctl"} <= loaded
     assert end["exit"] == 0  # EOF is a normal end
+
+
+def test_a_pth_file_in_the_helpers_path_never_runs(ns, tmp_path):
+    # A .pth file next to our packages runs in every interpreter with site
+    # (the driver here, with its argv); not in the helper (argv[0] "-c").
+    from smcroute.unprivileged.smcrouted import helper_path
+    marker = tmp_path / "ran"
+    pth = Path(helper_path()[0]) / "zz-smcroute-test.pth"
+    pth.write_text(f"import sys; open({str(marker)!r}, 'a').write(repr(sys.argv[:1]) + '\\n')\n")
+    try:
+        results = drive(ns, "hello")
+    finally:
+        pth.unlink()
+    assert results[0]["replies"][0]["ok"] is True
+    ran = marker.read_text().splitlines()
+    assert ran and "['-c']" not in ran, ran  # it ran in the driver, not in the helper
 
 
 V4 = {"family": 4, "source": bytes([10, 0, 0, 1]), "group": bytes([225, 1, 2, 3])}
@@ -88,7 +103,11 @@ V4 = {"family": 4, "source": bytes([10, 0, 0, 1]), "group": bytes([225, 1, 2, 3]
 def test_protocol_violation_ends_the_helper(ns, datagram):
     results = drive(ns, "hello", datagram, "hello")
     assert results[0]["replies"][0]["ok"] is True
-    assert results[1] == {"eof": True} or "send_error" in results[1]
+    # it says why before it goes: the controller logs that (not only stderr,
+    # which is /dev/null once the daemon runs in the background)
+    if "send_error" not in results[1]:
+        assert results[1]["t"] == "fatal", results
+        assert results[1]["error"].startswith("protocol violation, exiting: "), results
     end = results[-1]
     assert end["exit"] == 3
     assert "protocol violation" in end["stderr"]

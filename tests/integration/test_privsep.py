@@ -1,8 +1,9 @@
 """Privilege separation and fate sharing of smcrouted and its helper.
 
 The controller (smcrouted) holds no capability; its one child, the
-privileged helper, holds CAP_NET_ADMIN only; both have no_new_privs. When
-either dies the other follows, and the kernel drops the routes.
+privileged helper, holds none either once its sockets are open, and is not
+dumpable; both have no_new_privs. When either dies the other follows, and
+the kernel drops the routes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import pwd
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,6 @@ _ok, _why = netns_available()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not _ok, reason=_why)]
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
-CAP_NET_ADMIN = f"{1 << 12:016x}"  # bit 12
 NO_CAPS = "0" * 16
 FATE_TIMEOUT = 2.0
 DROP_TIMEOUT = 2.0  # the PID file appears before the drop (SMCRoute order)
@@ -67,13 +68,13 @@ def _subset(status: dict[str, str], keys) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("user", USERS)
-def test_helper_holds_cap_net_admin_only(smcrouted, user):
+def test_helper_holds_no_capability(smcrouted, user):
     daemon = smcrouted(CONFIG, _args(user))
     uid, gid = _ids(user)
     want = {
-        "CapEff": CAP_NET_ADMIN,
-        "CapPrm": CAP_NET_ADMIN,
-        "CapBnd": CAP_NET_ADMIN,
+        "CapEff": NO_CAPS,
+        "CapPrm": NO_CAPS,
+        "CapBnd": NO_CAPS,
         "CapInh": NO_CAPS,
         "CapAmb": NO_CAPS,
         "NoNewPrivs": "1",
@@ -85,7 +86,89 @@ def test_helper_holds_cap_net_admin_only(smcrouted, user):
     if user is not None:
         assert "0" not in status["Groups"].split(), "helper kept root's groups"
     cmdline = Path(f"/proc/{daemon.helper}/cmdline").read_bytes().split(b"\0")
-    assert b"-I" in cmdline and b"smcroute.privileged" in cmdline, cmdline
+    assert cmdline[1:4] == [b"-I", b"-S", b"-c"] and b"smcroute.privileged" in cmdline[4]
+
+
+def _as_controller(user: str | None, target: int | None) -> dict[str, str]:
+    """In a child with exactly the controller's credentials (the same
+    drop_privileges), try to reach into process target (None: a dumpable
+    process of those credentials, the control); what happened."""
+    import ctypes
+    import json
+
+    from smcroute.privileged.caps import Credentials, drop_privileges
+
+    control = target
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(rfd)
+            creds = None
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                creds = Credentials(entry.pw_uid, entry.pw_gid, ())
+            drop_privileges(creds, keep=())
+            if target is None:
+                target = os.fork()
+                if target == 0:
+                    import prctl
+                    prctl.set_dumpable(True)
+                    time.sleep(10)
+                    os._exit(0)
+                time.sleep(0.2)
+            libc = ctypes.CDLL(None, use_errno=True)
+            out = {}
+            rc = libc.ptrace(16, target, None, None)  # PTRACE_ATTACH
+            out["ptrace"] = "ok" if rc == 0 else os.strerror(ctypes.get_errno())
+            try:
+                with open(f"/proc/{target}/mem", "rb"):
+                    out["mem"] = "ok"
+            except OSError as exc:
+                out["mem"] = exc.strerror
+            try:
+                pidfd = os.pidfd_open(target)
+                fd = libc.syscall(438, pidfd, 0, 0)  # pidfd_getfd(pidfd, its fd 0, 0)
+                out["pidfd_getfd"] = "ok" if fd >= 0 else os.strerror(ctypes.get_errno())
+            except OSError as exc:
+                out["pidfd_getfd"] = exc.strerror
+            os.write(wfd, json.dumps(out).encode())
+            if target != control:
+                os.kill(target, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        data = r.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+# The systemd unit's way: a system user with the three ambient capabilities
+UNIT_CAPS = "+net_admin,+net_raw,+setpcap"
+
+
+def _start(smcrouted, mode: str | None):
+    if mode != "unit":
+        return smcrouted(CONFIG, _args(mode)), mode
+    uid, gid = _ids("nobody")
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+              f"--inh-caps={UNIT_CAPS}", f"--ambient-caps={UNIT_CAPS}",
+              f"--bounding-set=-all,{UNIT_CAPS}"]
+    return smcrouted(CONFIG, [], prefix=prefix, owner=uid), "nobody"
+
+
+@pytest.mark.parametrize("mode", [*USERS, pytest.param("unit", id="unit-ambient")])
+def test_the_controllers_credentials_cannot_reach_into_the_helper(smcrouted, mode):
+    daemon, user = _start(smcrouted, mode)
+    status = _expect_status(daemon.helper, {"CapEff": NO_CAPS, "CapPrm": NO_CAPS,
+                                            "CapBnd": NO_CAPS, "CapAmb": NO_CAPS})
+    assert status["CapBnd"] == status["CapAmb"] == NO_CAPS, status
+    got = _as_controller(user, daemon.helper)
+    assert "ok" not in got.values() and len(got) == 3, got
+    # the control: the same credentials reach a dumpable process of their
+    # own, so the refusals come from the helper's state, not from the test
+    assert _as_controller(user, None) == {"ptrace": "ok", "mem": "ok", "pidfd_getfd": "ok"}
 
 
 @pytest.mark.parametrize("user", USERS)

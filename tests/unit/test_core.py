@@ -680,3 +680,18 @@ def test_diagnostic_levels() -> None:
         ("warning", f"{FILE} line 3: Configuration file /inc does not exist"),
         ("warning", f"{FILE} line 3: phyint zz0 does not exist (yet?) on this system"),
         ("info", f"{FILE} line 3: mroute: Same outbound interface")]
+
+
+def test_learned_routes_refused_by_the_helpers_mfc_cap_are_logged_once_with_a_count() -> None:
+    # (the cap follows the budgets, so this takes a helper with a smaller one)
+    h = Harness("mroute from a1 group 225.1.0.0/16 to a2\n", max_mfc=0)
+    for i in range(1, 6):
+        h.nocache(f"10.0.0.{i}", "225.1.2.3", "a1", fast=False)
+    h.settle()
+    refused = [t for t in h.logs("warning") if "MFC cap" in t]
+    assert len(refused) == 1 and "10.0.0.1" in refused[0], refused
+    h.tick(11)
+    h.nocache("10.0.0.9", "225.1.2.3", "a1", fast=False)
+    h.settle()
+    refused = [t for t in h.logs("warning") if "MFC cap" in t]
+    assert len(refused) == 2 and "(5 times)" in refused[1], refused

@@ -1026,3 +1026,20 @@ def test_only_source_specific_rules_reach_the_mfc() -> None:
     p = plan(cfg, IFS, {})
     assert [m.key for m in p.mfc.values()] == [key(S, G)]
     assert [t.rule for t in p.templates] == [cfg.directives[1]]
+
+
+def test_an_ifindex_beyond_16_bits_has_a_vif_but_no_mif() -> None:
+    # mif6ctl's mif6c_pifi is 16 bits: such an interface routes IPv4, and an
+    # IPv6 line naming it is told why it does not (once a helper crash)
+    ifs = {**IFS, "big": Interface("big", 70000, True)}
+    p = make_plan("mroute from a1 source 10.0.0.1 group 225.1.2.3 to big a2\n"
+                  "mroute from a1 source fd00::1 group ff0e::1 to big a2\n"
+                  "mroute from big source 10.0.0.2 group 225.1.2.4 to a2\n"
+                  "mroute from big source fd00::2 group ff0e::2 to a2\n", ifs)
+    assert (4, "big") in p.vifs and (6, "big") not in p.vifs
+    assert route(p, "10.0.0.1", "225.1.2.3") == ("a1", (("big", 1), ("a2", 1)))  # VIF order
+    assert route(p, "fd00::1", "ff0e::1") == ("a1", (("a2", 1),))
+    assert route(p, "10.0.0.2", "225.1.2.4") == ("big", (("a2", 1),))
+    assert key("fd00::2", "ff0e::2") not in p.mfc
+    notes = [m for m in messages(p) if "ifindex 70000" in m]
+    assert len(notes) == 2 and all("above 65535" in m and "big" in m for m in notes), notes

@@ -264,15 +264,16 @@ def test_usage_after_error_shows_paths_seen_so_far(capsys: pytest.CaptureFixture
     assert out.startswith(USAGE_HEAD)
 
 
-@pytest.mark.parametrize("value", ["-1", "-100", "-2147483648"])
-def test_negative_table(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("value", ["-1", "-100", "-2147483648",
+                                   "2147483648", "4294967296", "99999999999999999999"])
+def test_negative_or_too_large_table(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = exits(["-t", value], capsys)
     assert status == 64
     assert out.startswith(USAGE_HEAD)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", 0), ("1", 1), ("255", 255), ("x", 0),
-                                                 ("3abc", 3)])
+                                                 ("3abc", 3), ("2147483647", 2**31 - 1)])
 def test_table_values(value: str, expected: int) -> None:
     assert parse(["-t", value]).table == expected
 

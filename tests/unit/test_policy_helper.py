@@ -184,8 +184,8 @@ INT_TABLE = [
     *[("add_vif", "vif", v, False) for v in (-1, 32, 255, 2**32, *BAD_INT_TYPES)],
     *[("del_vif", "vif", v, True) for v in (0, 31)],
     *[("del_vif", "vif", v, False) for v in (-1, 32, *BAD_INT_TYPES)],
-    # ifindex >= 1
-    *[("add_vif", "ifindex", v, True) for v in (1, 2, 2**31 - 1)],
+    # ifindex >= 1 (the family's upper bound: test_ifindex_range_follows_the_family)
+    *[("add_vif", "ifindex", v, True) for v in (1, 2, 2**16 - 1)],
     *[("add_vif", "ifindex", v, False) for v in (0, -1, 2**31, *BAD_INT_TYPES)],
     # threshold 1..255
     *[("add_vif", "threshold", v, True) for v in (1, 128, 255)],
@@ -208,6 +208,19 @@ def test_integer_fields(op: str, key: str, value: Any, ok: bool) -> None:
         else:
             with pytest.raises(Violation):
                 parse_request(msg)
+
+
+@pytest.mark.parametrize(("family", "value", "ok"), [
+    (4, 2**31 - 1, True), (4, 2**31, False),
+    (6, 2**16 - 1, True), (6, 2**16, False), (6, 70000, False),  # mif6c_pifi is 16 bits
+])
+def test_ifindex_range_follows_the_family(family: int, value: int, ok: bool) -> None:
+    msg = with_(valid("add_vif", family), ifindex=value)
+    if ok:
+        assert parse_request(msg).ifindex == value
+    else:
+        with pytest.raises(Violation, match="ifindex"):
+            parse_request(msg)
 
 
 @pytest.mark.parametrize("op", FAMILY_OPS)
@@ -372,9 +385,18 @@ def test_iif_among_oifs_whatever_the_iif() -> None:
 
 
 def test_batch_of_valid_requests() -> None:
-    reqs = parse_batch([valid(op, fam) for op in ALL_OPS for fam in (4, 6)])
-    assert len(reqs) == 2 * len(ALL_OPS)
-    assert [r.op for r in reqs[::2]] == list(ALL_OPS)
+    batch = [valid(op, fam) for op in ALL_OPS for fam in (4, 6)]
+    batch = [m for i, m in enumerate(batch) if m["op"] != "modules" or i % 2 == 0]
+    reqs = parse_batch(batch)
+    assert len(reqs) == 2 * len(ALL_OPS) - 1
+    assert [r.op for r in reqs] == [m["op"] for m in batch]
+
+
+def test_at_most_one_modules_request_per_batch() -> None:
+    # its reply is the one long one: 1024 of them made 1.37 MB, over the limit
+    assert len(parse_batch([valid("modules"), valid("hello"), valid("hello")])) == 3
+    with pytest.raises(Violation, match="more than one modules"):
+        parse_batch([valid("modules"), valid("modules")])
 
 
 @pytest.mark.parametrize("msg", [None, {}, valid("hello"), "x", b"x", 1, (valid("hello"),)])
@@ -705,7 +727,7 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     if op in ("add_vif", "del_vif"):
         msg["vif"] = draw(st.integers(0, 31))
     if op == "add_vif":
-        msg["ifindex"] = draw(st.integers(1, 2**31 - 1))
+        msg["ifindex"] = draw(st.integers(1, limits.MAX_IFINDEX[family]))
         msg["threshold"] = draw(st.integers(1, 255))
     if op in ADDR_OPS:
         msg["source"] = draw(not_multicast(size))
