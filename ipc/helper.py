@@ -235,6 +235,7 @@ class HelloReply(NamedTuple):
     max_mfc: int = 0
     table: int = 0
     pid: int = 0
+    sandbox: str = ""  # "landlock ABI N", or "none: why"
 
 
 class ModulesReply(NamedTuple):
@@ -250,7 +251,7 @@ AnyReply = Reply | Counts | HelloReply | ModulesReply
 # The result fields of a successful reply, by op (every other op: none).
 RESULTS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "sg_count": (Counts, ("packets", "bytes", "wrong_if")),
-    "hello": (HelloReply, ("version", "maxvifs", "max_mfc", "table", "pid")),
+    "hello": (HelloReply, ("version", "maxvifs", "max_mfc", "table", "pid", "sandbox")),
     "modules": (ModulesReply, ("modules",)),
 }
 
@@ -279,6 +280,9 @@ def parse_reply(req: Request, msg: Any) -> AnyReply:
             if type(value) is not list or not all(type(m) is str for m in value):
                 raise BadReply("modules must be a list of names")
             value = tuple(value)
+        elif name == "sandbox":
+            if type(value) is not str:
+                raise BadReply("sandbox must be a string")
         elif type(value) is not int or value < 0:
             raise BadReply(f"{name} of {req.op} must be a non-negative integer")
         values[name] = value

@@ -4,8 +4,9 @@
 Started by smcrouted with root privileges and only its end of a
 SOCK_SEQPACKET socketpair. It opens and initialises every socket it will
 use, drops every capability (the kernel checks only that an mroute option
-comes through the table's own mroute socket), becomes undumpable, then
-serves the controller until EOF.
+comes through the table's own mroute socket), becomes undumpable, enters
+its Landlock domain (privileged/sandbox.py), then serves the controller
+until EOF.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from smcroute.policy.helper import HelperState
 from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_TABLE
 from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
 from smcroute.privileged.kernel import Mroute
+from smcroute.privileged.sandbox import restrict
 from smcroute.privileged.server import ProtocolViolation, Server
 
 PROG = "smcroute-helper"
@@ -128,8 +130,10 @@ def main(argv: list[str]) -> int:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:
         return fatal(chan, "the controller is gone")
+    # Every module is imported, every socket open: no filesystem from here on.
+    sandbox = restrict()
     try:
-        return Server(chan, mroute, HelperState(max_mfc=args.max_mfc)).run()
+        return Server(chan, mroute, HelperState(max_mfc=args.max_mfc), sandbox).run()
     except ProtocolViolation as exc:
         return fatal(chan, f"protocol violation, exiting: {exc}", 3)
     except (BrokenPipeError, ConnectionResetError):

@@ -7,6 +7,9 @@ and raises OSError with the kernel's errno.
 
 from __future__ import annotations
 
+# sendmsg() converts a str address with the idna codec, imported on first
+# use: import it now, before the sandbox closes the filesystem.
+import encodings.idna  # noqa: F401
 import fcntl
 import functools
 import socket

@@ -48,10 +48,12 @@ class ProtocolViolation(Exception):
 
 
 class Server:
-    def __init__(self, chan: socket.socket, mroute: Mroute, state: policy.HelperState) -> None:
+    def __init__(self, chan: socket.socket, mroute: Mroute, state: policy.HelperState,
+                 sandbox: str = "none: not applied") -> None:
         self.chan = chan
         self.mroute = mroute
         self.state = state
+        self.sandbox = sandbox  # what privileged/sandbox.py applied, for hello
 
     def run(self) -> int:
         """Serve until the controller closes its end; return the exit status."""
@@ -98,7 +100,7 @@ class Server:
         if isinstance(req, Hello):
             return ok_reply(req.id, version=PROTOCOL_VERSION, maxvifs=MAXVIFS,
                             max_mfc=self.state.max_mfc, table=self.mroute.table,
-                            pid=os.getpid())
+                            pid=os.getpid(), sandbox=self.sandbox)
         if isinstance(req, Modules):
             return ok_reply(req.id, modules=sorted(sys.modules))
         try:

@@ -108,7 +108,9 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
         (hello,) = channel.call([Hello(hello_id)])
         if isinstance(hello, HelloReply):
             log.debug("mrouter helper ready", helper_pid=hello.pid, table=hello.table,
-                      max_mfc=hello.max_mfc)
+                      max_mfc=hello.max_mfc, sandbox=hello.sandbox)
+            if not hello.sandbox.startswith("landlock"):
+                log.warning(f"The mrouter helper runs without its sandbox: {hello.sandbox}")
         if level >= PRIORITY["debug"]:
             (mods,) = channel.call([Modules(core.ledger.next_id())])
             if isinstance(mods, ModulesReply):

@@ -50,6 +50,10 @@ def test_helper_imports_only_stdlib_msgpack_prctl_and_its_own_packages(ns):
     results = drive(ns, "hello", "modules")
     hello, modules, end = results
     assert hello["replies"][0]["ok"] is True
+    # the modules are listed from inside the sandbox: none came after it
+    lsm = Path("/sys/kernel/security/lsm")
+    if lsm.exists() and "landlock" in lsm.read_text():
+        assert hello["replies"][0]["sandbox"].startswith("landlock ABI "), hello
     loaded = set(modules["replies"][0]["modules"])
     # Against an empty baseline: everything in the helper's sys.modules, the
     # interpreter's own start-up included, is named here or is standard

@@ -121,11 +121,12 @@ def test_typed_replies() -> None:
     hello, count = Hello(1), SgCount(2, 4, S4, G4)
     list(p.send(1, [hello, count]))
     msg = {"t": "replies", "replies": [
-        {"id": 1, "ok": True, "version": 1, "maxvifs": 32, "max_mfc": 9, "table": 0, "pid": 5},
+        {"id": 1, "ok": True, "version": 1, "maxvifs": 32, "max_mfc": 9, "table": 0, "pid": 5,
+         "sandbox": "landlock ABI 7"},
         {"id": 2, "ok": True, "packets": 3, "bytes": 300, "wrong_if": 1}]}
     (done,) = p.receive(codec.encode(msg))
     assert done.replies == [HelloReply(1, True, version=1, maxvifs=32, max_mfc=9, table=0,
-                                       pid=5),
+                                       pid=5, sandbox="landlock ABI 7"),
                             Counts(2, True, packets=3, bytes=300, wrong_if=1)]
 
 

@@ -148,9 +148,10 @@ class FakeProcess:
         return self.returncode
 
 
-def serving_helper(kernel: FakeKernel, die_after: int | None = None) -> ThreadHelper:
+def serving_helper(kernel: FakeKernel, die_after: int | None = None,
+                   sandbox: str = "landlock ABI 7") -> ThreadHelper:
     """The helper's request handling; with die_after, a protocol violation then."""
-    server = Server(None, kernel, policy.HelperState())  # type: ignore[arg-type]
+    server = Server(None, kernel, policy.HelperState(), sandbox)  # type: ignore[arg-type]
 
     def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
         if die_after is not None and len(helper.received) > die_after:
@@ -225,6 +226,16 @@ def test_boot_at_debug_level_lists_the_helpers_modules(tmp_path: Path,
     assert booted.later == []  # (no script, nothing for the controller)
     assert "mrouter helper ready" in log.at("debug")
     assert "mrouter helper modules" in log.at("debug")
+    helper.stop()
+
+
+def test_a_helper_without_its_sandbox_is_a_warning(tmp_path: Path,
+                                                  links: dict[str, Interface]) -> None:
+    helper = serving_helper(FakeKernel(), sandbox="none: Landlock unavailable (test)")
+    booted, log = boot_with(tmp_path, "phyint a1\n", helper)
+    assert booted is not None
+    assert log.at("warning") == ["The mrouter helper runs without its sandbox:"
+                                 " none: Landlock unavailable (test)"]
     helper.stop()
 
 
