@@ -22,9 +22,9 @@ import prctl
 from smcroute.ipc import codec
 from smcroute.policy.helper import HelperState
 from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_TABLE
+from smcroute.privileged import sandbox as jail
 from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
 from smcroute.privileged.kernel import Mroute
-from smcroute.privileged.sandbox import restrict
 from smcroute.privileged.server import ProtocolViolation, Server
 
 PROG = "smcroute-helper"
@@ -130,8 +130,9 @@ def main(argv: list[str]) -> int:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:
         return fatal(chan, "the controller is gone")
-    # Every module is imported, every socket open: no filesystem from here on.
-    sandbox = restrict()
+    # Every module is imported, every socket open: no filesystem, no new
+    # socket, no exec from here on.
+    sandbox = jail.apply()
     try:
         return Server(chan, mroute, HelperState(max_mfc=args.max_mfc), sandbox).run()
     except ProtocolViolation as exc:

@@ -11,8 +11,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SMCROUTE_VENV:-/opt/smcroute-py/venv}
 
 need=()
-# man-db/groff-base: man page checks; systemd: systemd-analyze for the unit's score
-for pkg in libcap-dev python3-venv python3-dev gcc iproute2 man-db groff-base systemd; do
+# man-db/groff-base: man page checks; systemd: systemd-analyze for the unit's score;
+# libseccomp2: the helper's seccomp filter (privileged/sandbox.py)
+for pkg in libcap-dev python3-venv python3-dev gcc iproute2 man-db groff-base systemd \
+           libseccomp2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

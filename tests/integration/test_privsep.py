@@ -78,6 +78,7 @@ def test_helper_holds_no_capability(smcrouted, user):
         "CapInh": NO_CAPS,
         "CapAmb": NO_CAPS,
         "NoNewPrivs": "1",
+        "Seccomp": "2",  # its filter (privileged/sandbox.py)
         "Uid": "\t".join([str(uid)] * 4),
         "Gid": "\t".join([str(gid)] * 4),
     }

@@ -149,7 +149,7 @@ class FakeProcess:
 
 
 def serving_helper(kernel: FakeKernel, die_after: int | None = None,
-                   sandbox: str = "landlock ABI 7") -> ThreadHelper:
+                   sandbox: str = "landlock ABI 7, seccomp") -> ThreadHelper:
     """The helper's request handling; with die_after, a protocol violation then."""
     server = Server(None, kernel, policy.HelperState(), sandbox)  # type: ignore[arg-type]
 
@@ -234,7 +234,7 @@ def test_a_helper_without_its_sandbox_is_a_warning(tmp_path: Path,
     helper = serving_helper(FakeKernel(), sandbox="none: Landlock unavailable (test)")
     booted, log = boot_with(tmp_path, "phyint a1\n", helper)
     assert booted is not None
-    assert log.at("warning") == ["The mrouter helper runs without its sandbox:"
+    assert log.at("warning") == ["The mrouter helper runs without part of its sandbox:"
                                  " none: Landlock unavailable (test)"]
     helper.stop()
 
