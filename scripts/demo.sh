@@ -158,7 +158,7 @@ done
 caps() { awk '/^Uid:/ {u = $2} /^CapEff:/ {c = $2} END {print "uid " u ", CapEff " c}' "/proc/$1/status"; }
 say "controller pid $daemon: $(caps "$daemon")  (want: no capability)"
 if [ -n "$helper" ]; then
-    say "helper     pid $helper: $(caps "$helper")  (want: CAP_NET_ADMIN only, 1<<12)"
+    say "helper     pid $helper: $(caps "$helper"), $(grep '^Seccomp:' "/proc/$helper/status")  (want: no capability, a seccomp filter: Seccomp 2)"
 fi
 
 say "== traffic: $COUNT datagrams per flow, TTL 8 =="
