@@ -247,16 +247,16 @@ class HelperState:
     vifs: dict[int, dict[int, int]] = field(default_factory=lambda: {4: {}, 6: {}})
     mfc: set[tuple[int, bytes, bytes]] = field(default_factory=set)
     fast: FastPath = field(default_factory=FastPath)
-    mrdisc_sent: dict[int, tuple[float, float]] = field(default_factory=dict)  # vif: tokens, at
+    mrdisc_tokens: dict[int, tuple[float, float]] = field(default_factory=dict)  # vif: tokens, at
 
     def mrdisc_allowed(self, vif: int, now: float) -> bool:
         """Take one of the VIF's mrdisc tokens (MRDISC_RATE, MRDISC_BURST)."""
-        tokens, then = self.mrdisc_sent.get(vif, (MRDISC_BURST, now))
+        tokens, then = self.mrdisc_tokens.get(vif, (MRDISC_BURST, now))
         tokens = min(MRDISC_BURST, tokens + (now - then) * MRDISC_RATE)
         if tokens < 1:
-            self.mrdisc_sent[vif] = tokens, now
+            self.mrdisc_tokens[vif] = tokens, now
             return False
-        self.mrdisc_sent[vif] = tokens - 1, now
+        self.mrdisc_tokens[vif] = tokens - 1, now
         return True
 
     def apply(self, req: Request) -> None:

@@ -7,6 +7,7 @@ MAX_OIFS = MAXVIFS  # one TTL slot per VIF
 TTL_MIN = 1
 TTL_MAX = 255
 DEFAULT_MAX_MFC = 100_000  # cap on (S,G) entries the helper will hold installed
+MAX_MFC_CAP = 2**31 - 1  # the largest cap the helper takes
 MAX_BATCH = 1024  # requests in one helper datagram
 FAMILIES = (4, 6)
 # Kernel struct fields: vifctl's lcl_ifindex is an int, mif6ctl's mif6c_pifi

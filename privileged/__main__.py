@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import prctl
 from smcroute.ipc import codec
 from smcroute.policy.helper import HelperState
-from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_TABLE
+from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_MFC_CAP, MAX_TABLE
 from smcroute.privileged import sandbox as jail
 from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
 from smcroute.privileged.kernel import Mroute
@@ -53,7 +53,7 @@ class UsageError(ValueError):
 
 
 _RANGES = {"--fd": (0, 2**31 - 1), "--table": (0, MAX_TABLE), "--uid": (0, 2**32 - 2),
-           "--gid": (0, 2**32 - 2), "--max-mfc": (1, 2**31 - 1), "--rcvbuf": (1, 2**31 - 1)}
+           "--gid": (0, 2**32 - 2), "--max-mfc": (1, MAX_MFC_CAP), "--rcvbuf": (1, 2**31 - 1)}
 
 
 def parse_args(argv: list[str]) -> Args:

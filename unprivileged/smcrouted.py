@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from smcroute.policy.limits import DEFAULT_MAX_MFC
+from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_MFC_CAP
 from smcroute.unprivileged import options, texts
 from smcroute.unprivileged.bootlog import DeferredLog
 
@@ -67,9 +67,9 @@ def helper_path() -> list[str]:
 
 def helper_mfc_cap(opts: options.Options) -> int:
     """The helper's MFC cap: configured (S,G) routes, learned routes and stop
-    filters all fit (smcroute.conf(5) LIMITS), so it never refuses what
-    the budgets allow."""
-    return DEFAULT_MAX_MFC + 2 * opts.max_learned
+    filters all fit (smcrouted(8) BUDGETS), so it never refuses what the
+    budgets allow."""
+    return min(DEFAULT_MAX_MFC + 2 * opts.max_learned, MAX_MFC_CAP)
 
 
 def helper_command(fd: int, table: int, user: options.User | None, max_mfc: int) -> list[str]:

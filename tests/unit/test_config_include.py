@@ -418,8 +418,11 @@ def check_tree(root: str, top: str, files: dict[str, str | bytes]) -> None:
        st.sampled_from(["main.conf", "a.conf", "sub/c.conf", "missing.conf", "dir.conf"]),
        st.booleans())
 def test_property_include_trees(files: dict[str, str | bytes], top: str, link: bool) -> None:
-    with tempfile.TemporaryDirectory() as root:
-        os.mkdir(os.path.join(root, "sub"))
+    # the tree one level down in a directory of our own: "include ../*.conf"
+    # must not see whatever *.conf files lie in /tmp
+    with tempfile.TemporaryDirectory() as outer:
+        root = os.path.join(outer, "tree")
+        os.makedirs(os.path.join(root, "sub"))
         written = {}
         for name, data in files.items():
             path = os.path.join(root, name)

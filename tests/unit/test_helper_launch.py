@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_TABLE
+from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_MFC_CAP, MAX_TABLE
 from smcroute.privileged.__main__ import Args, UsageError, parse_args
 from smcroute.unprivileged.options import Options, User
 from smcroute.unprivileged.smcrouted import (
@@ -41,6 +41,9 @@ def test_the_boot_line_finds_the_helper_without_site() -> None:
 def test_the_mfc_cap_holds_configured_routes_learned_routes_and_stop_filters() -> None:
     assert helper_mfc_cap(Options()) == DEFAULT_MAX_MFC + 2 * Options().max_learned
     assert helper_mfc_cap(Options(max_learned=10)) == DEFAULT_MAX_MFC + 20
+    # a --max-learned beyond what the helper takes is capped, not a helper usage error
+    huge = helper_mfc_cap(Options(max_learned=10**12))
+    assert huge == MAX_MFC_CAP and parse_args(["--fd", "3", "--max-mfc", str(huge)]).max_mfc == huge
 
 
 @pytest.mark.parametrize("argv", [
