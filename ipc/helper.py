@@ -1,22 +1,15 @@
-"""Schema of the helper channel (controller <-> privileged helper).
+"""The controller's view of the helper channel: typed requests, upcalls
+and replies.
 
 Transport: one AF_UNIX SOCK_SEQPACKET socketpair; every datagram is one
-msgpack message (smcroute.ipc.codec).
+msgpack message (smcroute.ipc.codec). What a request may hold, and what
+the helper does with it, is its op table (smcroute.policy.ops, the wire
+schema's one definition: OPS names each op's fields); the helper never
+imports this module.
 
-controller -> helper: a list of 1..MAX_BATCH request maps, each with "op",
-an integer "id" chosen by the controller, and exactly the op's fields.
-
-helper -> controller: a map with "t":
-  "replies": {"t", "replies": [reply, ...]} in request order, where a reply
-             is {"id", "ok": True, ...result fields} or
-             {"id", "ok": False, "errno": int, "error": str}
-  "upcalls": {"t", "upcalls": [[family, kind, vif, source, group], ...]}
-             kind "learned" (the helper installed the flow itself, by the
-             fast path) adds two items: [..., generation, index] of the
-             template that matched.
-
-Addresses travel as raw bytes (4 or 16), families as the integers 4 and 6.
-This module is plain data: the helper imports it, so standard library only.
+controller -> helper: a list of 1..MAX_BATCH request maps.
+helper -> controller: {"t": "replies"}, {"t": "upcalls"} or {"t": "fatal"}
+maps, as policy/ops.py describes them.
 """
 
 from __future__ import annotations
@@ -24,35 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 1
-# The errnos with which the kernel says a VIF or MFC entry to delete is gone
-# already (a VIF goes with its device): a delete that is done, all the same.
-ABSENT = (2, 99)  # ENOENT, EADDRNOTAVAIL
+from smcroute.policy.ops import ABSENT, OPS, PROTOCOL_VERSION, UPCALL_KINDS
+
+__all__ = ["ABSENT", "PROTOCOL_VERSION", "UPCALL_KINDS"]
 
 # Request fields by op; "op" and "id" are in every request.
-FIELDS: dict[str, tuple[str, ...]] = {
-    "hello": (),
-    "modules": (),  # debug: the helper's sys.modules, to audit its import closure
-    "add_vif": ("family", "vif", "ifindex", "threshold"),
-    "del_vif": ("family", "vif"),
-    "add_mfc": ("family", "source", "group", "iif", "oifs"),
-    "del_mfc": ("family", "source", "group"),
-    "sg_count": ("family", "source", "group"),
-    "mrdisc": ("vif", "interval", "terminate"),  # RFC 4286, IPv4 only
-    # (*,G) fast path: the helper installs a new flow a template covers
-    # right away, up to the limits, and reports it as a "learned" upcall.
-    # templates: [[family, iif, source, source_len, group, group_len, oifs], ...]
-    # (networks, host bits zero; source_len 0 and an all-zero source: any)
-    "templates": ("generation", "templates"),
-    # limits: per template, how many flows in all this generation may be
-    # installed by the fast path (cumulative, so a late message is harmless)
-    "allow": ("generation", "limits"),
-}
-
-# "solicit": an RFC 4286 solicitation arrived on vif (source: its sender,
-# group: its destination).
-# "learned": see "upcalls" above.
-UPCALL_KINDS = ("nocache", "wrongvif", "wholepkt", "solicit", "learned")
+FIELDS: dict[str, tuple[str, ...]] = {op: fields for op, (fields, _) in OPS.items()}
 
 
 @dataclass(frozen=True)
@@ -287,11 +257,3 @@ def parse_reply(req: Request, msg: Any) -> AnyReply:
             raise BadReply(f"{name} of {req.op} must be a non-negative integer")
         values[name] = value
     return kind(req.id, True, **values)
-
-
-def ok_reply(req_id: int, **result: Any) -> dict[str, Any]:
-    return {"id": req_id, "ok": True, **result}
-
-
-def error_reply(req_id: int, err: int, text: str) -> dict[str, Any]:
-    return {"id": req_id, "ok": False, "errno": err, "error": text}

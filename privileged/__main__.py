@@ -1,12 +1,9 @@
 """Entry point: started by smcrouted (launch_helper) as python -I -S with
---fd N [options].
-
-Started by smcrouted with root privileges and only its end of a
-SOCK_SEQPACKET socketpair. It opens and initialises every socket it will
-use, drops every capability (the kernel checks only that an mroute option
-comes through the table's own mroute socket), becomes undumpable, enters
-its Landlock domain (privileged/sandbox.py), then serves the controller
-until EOF.
+--fd N [options], root and holding only its end of a SOCK_SEQPACKET
+socketpair. It opens and initialises every socket it will use, drops every
+capability (the kernel checks only that an mroute option comes through the
+table's own mroute socket), becomes undumpable, enters its sandbox
+(privileged/sandbox.py), then serves the controller until EOF.
 """
 
 from __future__ import annotations
@@ -16,68 +13,58 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 
 import prctl
 from smcroute.ipc import codec
-from smcroute.policy.helper import HelperState
+from smcroute.policy import ops
 from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_MFC_CAP, MAX_TABLE
-from smcroute.privileged import sandbox as jail
-from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
+from smcroute.privileged import sandbox
+from smcroute.privileged.caps import PrivilegeError, drop_privileges
 from smcroute.privileged.kernel import Mroute
 from smcroute.privileged.server import ProtocolViolation, Server
 
 PROG = "smcroute-helper"
-
 INIT_ERRORS = {
     errno.EADDRINUSE: "multicast routing table {table} is already in use"
                       " (is another multicast routing daemon running?)",
     errno.ENOPROTOOPT: "the kernel does not support multicast routing",
     errno.EOPNOTSUPP: "the kernel does not support multicast routing",
 }
-
-
-@dataclass(frozen=True)
-class Args:
-    fd: int
-    table: int = 0
-    uid: int | None = None
-    gid: int | None = None
-    groups: tuple[int, ...] = ()
-    max_mfc: int = DEFAULT_MAX_MFC
-    rcvbuf: int = 16 * 1024 * 1024
+# The options, all numbers, with their ranges and defaults (None: none).
+OPTIONS = {"fd": (0, 2**31 - 1, None), "table": (0, MAX_TABLE, 0), "uid": (0, 2**32 - 2, None),
+           "gid": (0, 2**32 - 2, None), "max-mfc": (1, MAX_MFC_CAP, DEFAULT_MAX_MFC),
+           "rcvbuf": (1, 2**31 - 1, 16 * 1024 * 1024)}
 
 
 class UsageError(ValueError):
     pass
 
 
-_RANGES = {"--fd": (0, 2**31 - 1), "--table": (0, MAX_TABLE), "--uid": (0, 2**32 - 2),
-           "--gid": (0, 2**32 - 2), "--max-mfc": (1, MAX_MFC_CAP), "--rcvbuf": (1, 2**31 - 1)}
-
-
-def parse_args(argv: list[str]) -> Args:
+def parse_args(argv: list[str]) -> dict:
     """The controller builds this command line: "--name value" pairs, each
-    at most once, all numbers (--groups: a comma-separated list)."""
+    at most once (--groups: a comma-separated list of numbers)."""
     if len(argv) % 2:
         raise UsageError("options come in pairs")
-    values: dict[str, object] = {}
+    args: dict = {}
     for name, text in zip(argv[::2], argv[1::2], strict=True):
-        if name in values or (name not in _RANGES and name != "--groups"):
+        key = name[2:]
+        if name != "--" + key or key in args or key not in (*OPTIONS, "groups"):
             raise UsageError(f"unknown or repeated option {name}")
         try:
-            if name == "--groups":
-                values[name] = tuple(int(g) for g in text.split(",") if g)
-            else:
-                lo, hi = _RANGES[name]
-                values[name] = number = int(text)
-                if not lo <= number <= hi:
-                    raise ValueError(f"{number} outside {lo}..{hi}")
+            if key == "groups":
+                args[key] = tuple(int(g) for g in text.split(",") if g)
+                if not all(0 <= g <= OPTIONS["gid"][1] for g in args[key]):
+                    raise ValueError("a group outside the gid range")
+                continue
+            lo, hi, _ = OPTIONS[key]
+            args[key] = number = int(text)
+            if not lo <= number <= hi:
+                raise ValueError(f"{number} outside {lo}..{hi}")
         except ValueError as exc:
             raise UsageError(f"{name} {text!r}: {exc}") from None
-    if "--fd" not in values or ("--uid" in values) != ("--gid" in values):
+    if "fd" not in args or ("uid" in args) != ("gid" in args):
         raise UsageError("--fd is required, --uid and --gid go together")
-    return Args(**{k[2:].replace("-", "_"): v for k, v in values.items()})  # type: ignore[arg-type]
+    return {"groups": ()} | {key: default for key, (_, _, default) in OPTIONS.items()} | args
 
 
 def fatal(chan: socket.socket | None, text: str, status: int = 1) -> int:
@@ -99,26 +86,24 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     try:
         args = parse_args(argv)
-    except UsageError as exc:
+        # Our end of the pair and stdio, nothing else (close_range(2)).
+        os.closerange(3, args["fd"])
+        os.closerange(args["fd"] + 1, 2**31 - 1)
+        chan = socket.socket(fileno=args["fd"])
+        if chan.family != socket.AF_UNIX or chan.type != socket.SOCK_SEQPACKET:
+            raise UsageError(f"--fd {args['fd']} is not an AF_UNIX SOCK_SEQPACKET socket")
+    except (UsageError, OSError) as exc:
         return fatal(None, str(exc), 2)
-    try:
-        chan = socket.socket(fileno=args.fd)
-    except OSError as exc:
-        return fatal(None, f"--fd {args.fd}: {exc.strerror}", 2)
-    if chan.family != socket.AF_UNIX or chan.type != socket.SOCK_SEQPACKET:
-        return fatal(None, f"--fd {args.fd} is not an AF_UNIX SOCK_SEQPACKET socket", 2)
     chan.setblocking(True)
     try:
-        mroute = Mroute(args.table, args.rcvbuf)
+        mroute = Mroute(args["table"], args["rcvbuf"])
     except OSError as exc:
         text = INIT_ERRORS.get(exc.errno or 0, "cannot initialise multicast routing table"
                                " {table}: " + (exc.strerror or str(exc)))
-        return fatal(chan, text.format(table=args.table))
-    creds = None
-    if args.uid is not None and args.gid is not None:
-        creds = Credentials(args.uid, args.gid, args.groups)
+        return fatal(chan, text.format(table=args["table"]))
     try:
-        drop_privileges(creds, keep=())
+        drop_privileges(None if args["uid"] is None else
+                        (args["uid"], args["gid"], args["groups"]))
         # Not ptrace-able, no /proc/PID/mem or pidfd_getfd for a process of
         # our uid: the sockets we hold are the whole privilege.
         prctl.set_dumpable(False)
@@ -132,9 +117,9 @@ def main(argv: list[str]) -> int:
         return fatal(chan, "the controller is gone")
     # Every module is imported, every socket open: no filesystem, no new
     # socket, no exec from here on.
-    sandbox = jail.apply()
+    about = {"table": args["table"], "pid": os.getpid(), "sandbox": sandbox.apply()}
     try:
-        return Server(chan, mroute, HelperState(max_mfc=args.max_mfc), sandbox).run()
+        return Server(chan, mroute, ops.State(args["max-mfc"], about)).run()
     except ProtocolViolation as exc:
         return fatal(chan, f"protocol violation, exiting: {exc}", 3)
     except (BrokenPipeError, ConnectionResetError):

@@ -1,24 +1,18 @@
-"""Dropping privileges to an exact, verified capability set.
+"""Dropping every privilege, verified.
 
-Used by the helper and by the controller, both keeping nothing (the helper
-once its sockets are open). The result is checked from /proc/self/status, the same place an
-auditor looks, so a kernel or library surprise is fatal rather than silent.
+Used by the helper (once its sockets are open) and by the controller, both
+keeping no capability. The result is checked from /proc/self/status, the
+same place an auditor looks, so a kernel or library surprise is fatal
+rather than silent. creds: (uid, gid, supplementary groups), or None to
+keep the identity.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import _prctl
 import prctl
-
-
-@dataclass(frozen=True)
-class Credentials:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
 
 
 class PrivilegeError(RuntimeError):
@@ -36,23 +30,14 @@ def _last_cap() -> int:
         return prctl.CAP_LAST_CAP
 
 
-def effective(*caps: int) -> bool:
-    """Do we hold all these capabilities (effective set)?"""
-    mask = int(status_fields()["CapEff"], 16)
-    return all(mask & (1 << cap) for cap in caps)
-
-
 def status_fields() -> dict[str, str]:
     with open("/proc/self/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def drop_privileges(creds: Credentials | None, keep: tuple[int, ...]) -> None:
-    """Become creds (if given) holding exactly the capabilities in keep.
-
-    keep is in permitted and effective; inheritable, ambient and every other
-    bounding-set capability are gone, and no_new_privs is set.
-    """
+def drop_privileges(creds: tuple[int, int, tuple[int, ...]] | None) -> None:
+    """Become creds (if given) with every capability set empty (bounding
+    set included) and no_new_privs."""
     if creds is None and os.getuid() == 0:
         # Staying uid 0: make sure an execve can never turn it back into
         # full root (needs CAP_SETPCAP, so before the bounding set goes).
@@ -61,33 +46,25 @@ def drop_privileges(creds: Credentials | None, keep: tuple[int, ...]) -> None:
         prctl.securebits.no_setuid_fixup = True
         prctl.securebits.no_setuid_fixup_locked = True
     for cap in range(_last_cap() + 1):
-        if cap not in keep:
-            _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+        _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
     if creds is not None:
-        prctl.set_keepcaps(bool(keep))
-        os.setgroups(list(creds.groups))
-        os.setresgid(creds.gid, creds.gid, creds.gid)
-        os.setresuid(creds.uid, creds.uid, creds.uid)
-        prctl.set_keepcaps(False)
-    others = [cap for cap in prctl.ALL_CAPS if cap not in keep]
-    both = [prctl.CAP_PERMITTED, prctl.CAP_EFFECTIVE]
-    prctl.set_caps((list(keep), both, True), (others, both, False),
-                   (prctl.ALL_CAPS, prctl.CAP_INHERITABLE, False))
+        uid, gid, groups = creds
+        os.setgroups(list(groups))
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    prctl.set_caps((prctl.ALL_CAPS, [prctl.CAP_PERMITTED, prctl.CAP_EFFECTIVE,
+                                     prctl.CAP_INHERITABLE], False))
     prctl.set_no_new_privs(1)
-    verify(creds, keep)
+    verify(creds)
 
 
-def verify(creds: Credentials | None, keep: tuple[int, ...]) -> None:
-    mask = sum(1 << cap for cap in keep)
+def verify(creds: tuple[int, int, tuple[int, ...]] | None) -> None:
     st = status_fields()
-    want = {"CapPrm": mask, "CapEff": mask, "CapBnd": mask, "CapInh": 0, "CapAmb": 0}
-    for name, value in want.items():
-        if int(st[name], 16) != value:
-            raise PrivilegeError(f"{name} is {st[name]}, expected {value:016x}")
+    for name in ("CapPrm", "CapEff", "CapBnd", "CapInh", "CapAmb"):
+        if int(st[name], 16):
+            raise PrivilegeError(f"{name} is {st[name]}, expected 0")
     if st.get("NoNewPrivs", "").strip() != "1":
         raise PrivilegeError("no_new_privs is not set")
-    if creds is not None:
-        uids = set(st["Uid"].split())
-        gids = set(st["Gid"].split())
-        if uids != {str(creds.uid)} or gids != {str(creds.gid)}:
-            raise PrivilegeError(f"credentials are Uid {st['Uid']} Gid {st['Gid']}")
+    if creds is not None and (set(st["Uid"].split()) != {str(creds[0])}
+                              or set(st["Gid"].split()) != {str(creds[1])}):
+        raise PrivilegeError(f"credentials are Uid {st['Uid']} Gid {st['Gid']}")

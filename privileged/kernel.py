@@ -61,6 +61,11 @@ def _sin6(addr: bytes) -> bytes:
     return _SIN6_HEAD + addr + _SIN6_TAIL
 
 
+def _addrs(family: int, source: bytes, group: bytes) -> tuple[bytes, bytes]:
+    """Origin and group as mfcctl / mf6cctl and sioc_sg_req(6) hold them."""
+    return (source, group) if family == 4 else (_sin6(source), _sin6(group))
+
+
 @functools.lru_cache(maxsize=1024)
 def _mfc_tail(family: int, iif: int, oifs: tuple[tuple[int, int], ...]) -> bytes:
     """mfcctl / mf6cctl after origin and group: the same for every flow of
@@ -75,6 +80,12 @@ def _mfc_tail(family: int, iif: int, oifs: tuple[tuple[int, int], ...]) -> bytes
     for vif, _ttl in oifs:  # IPv6 has an interface set, no per-oif threshold
         words[vif // 32] |= 1 << (vif % 32)
     return MF6CCTL.pack(bytes(28), bytes(28), iif, *words)[56:]
+
+
+def mfcctl(family: int, source: bytes, group: bytes, iif: int,
+           oifs: tuple[tuple[int, int], ...]) -> bytes:
+    """The mfcctl (IPv4) or mf6cctl (IPv6) of one (S,G) entry."""
+    return b"".join(_addrs(family, source, group)) + _mfc_tail(family, iif, oifs)
 
 
 def parse_upcall4(data: bytes) -> tuple[str, int, bytes, bytes] | None:
@@ -187,48 +198,36 @@ class Mroute:
                 pass
             sock.close()
 
-    def add_vif(self, family: int, vif: int, ifindex: int, threshold: int) -> None:
+    def _set(self, family: int, option: int, value: bytes) -> None:
+        """An MRT_* option (MRT6_* has the same numbers) on the family's socket."""
         if family == 4:
-            ctl = VIFCTL.pack(vif, VIFF_USE_IFINDEX, threshold, 0, ifindex, b"\0" * 4)
-            self.sock4.setsockopt(IPPROTO_IP, MRT_ADD_VIF, ctl)
+            self.sock4.setsockopt(IPPROTO_IP, option, value)
         else:
-            ctl = MIF6CTL.pack(vif, 0, threshold, ifindex, 0)
-            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_ADD_MIF, ctl)
+            self.sock6.setsockopt(IPPROTO_IPV6, option, value)
+
+    def add_vif(self, family: int, vif: int, ifindex: int, threshold: int) -> None:
+        self._set(family, MRT_ADD_VIF, VIFCTL.pack(vif, VIFF_USE_IFINDEX, threshold, 0, ifindex,
+                                                   bytes(4)) if family == 4 else
+                  MIF6CTL.pack(vif, 0, threshold, ifindex, 0))
 
     def del_vif(self, family: int, vif: int) -> None:
-        if family == 4:
-            ctl = VIFCTL.pack(vif, 0, 0, 0, 0, b"\0" * 4)
-            self.sock4.setsockopt(IPPROTO_IP, MRT_DEL_VIF, ctl)
-        else:
-            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_DEL_MIF, struct.pack("@H", vif))
-
-    @staticmethod
-    def _mfc(family: int, source: bytes, group: bytes, iif: int,
-             oifs: tuple[tuple[int, int], ...]) -> bytes:
-        if family == 4:
-            return source + group + _mfc_tail(4, iif, oifs)
-        return _sin6(source) + _sin6(group) + _mfc_tail(6, iif, oifs)
+        self._set(family, MRT_DEL_VIF, VIFCTL.pack(vif, 0, 0, 0, 0, bytes(4)) if family == 4
+                  else struct.pack("@H", vif))
 
     def add_mfc(self, family: int, source: bytes, group: bytes, iif: int,
                 oifs: tuple[tuple[int, int], ...]) -> None:
-        ctl = self._mfc(family, source, group, iif, oifs)
-        if family == 4:
-            self.sock4.setsockopt(IPPROTO_IP, MRT_ADD_MFC, ctl)
-        else:
-            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_ADD_MFC, ctl)
+        self._set(family, MRT_ADD_MFC, mfcctl(family, source, group, iif, oifs))
 
     def del_mfc(self, family: int, source: bytes, group: bytes) -> None:
-        ctl = self._mfc(family, source, group, 0, ())
-        if family == 4:
-            self.sock4.setsockopt(IPPROTO_IP, MRT_DEL_MFC, ctl)
-        else:
-            self.sock6.setsockopt(IPPROTO_IPV6, MRT6_DEL_MFC, ctl)
+        self._set(family, MRT_DEL_MFC, mfcctl(family, source, group, 0, ()))
 
-    def send_mrdisc(self, ifindex: int, kind: int, interval: int) -> None:
-        pktinfo = struct.pack("@i4s4s", ifindex, b"\0" * 4, b"\0" * 4)
-        self.mrdisc4.sendmsg([mrdisc_message(kind, interval)],
-                           [(IPPROTO_IP, IP_PKTINFO, pktinfo)],
-                           0, (socket.inet_ntoa(MRDISC_GROUP), 0))
+    def send_mrdisc(self, ifindex: int, terminate: bool, interval: int) -> None:
+        """An advertisement (or, terminate, a termination) out of ifindex."""
+        message = mrdisc_message(MRDISC_TERMINATE, 0) if terminate else \
+            mrdisc_message(MRDISC_ADVERT, interval)
+        pktinfo = struct.pack("@i4s4s", ifindex, bytes(4), bytes(4))
+        self.mrdisc4.sendmsg([message], [(IPPROTO_IP, IP_PKTINFO, pktinfo)], 0,
+                             (socket.inet_ntoa(MRDISC_GROUP), 0))
 
     def recv_mrdisc(self) -> tuple[bytes, int]:
         """(IGMP packet, ifindex it came in on; 0 if the kernel did not say)."""
@@ -240,12 +239,7 @@ class Mroute:
 
     def sg_count(self, family: int, source: bytes, group: bytes) -> tuple[int, int, int]:
         """(packets, bytes, wrong_if) the kernel counted for one (S,G)."""
-        if family == 4:
-            buf = bytearray(SIOC_SG_REQ.pack(source, group, 0, 0, 0))
-            fcntl.ioctl(self.sock4.fileno(), SIOCGETSGCNT, buf)
-            _, _, packets, nbytes, wrong_if = SIOC_SG_REQ.unpack(buf)
-        else:
-            buf = bytearray(SIOC_SG_REQ6.pack(_sin6(source), _sin6(group), 0, 0, 0))
-            fcntl.ioctl(self.sock6.fileno(), SIOCGETSGCNT, buf)
-            _, _, packets, nbytes, wrong_if = SIOC_SG_REQ6.unpack(buf)
-        return packets, nbytes, wrong_if
+        req, sock = (SIOC_SG_REQ, self.sock4) if family == 4 else (SIOC_SG_REQ6, self.sock6)
+        buf = bytearray(req.pack(*_addrs(family, source, group), 0, 0, 0))
+        fcntl.ioctl(sock.fileno(), SIOCGETSGCNT, buf)
+        return req.unpack(buf)[2:]

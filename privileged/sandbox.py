@@ -38,11 +38,9 @@ def _fs_rights(abi: int) -> int:
     return FS_RIGHTS[max(v for v in FS_RIGHTS if v <= abi)]
 
 
-def restrict() -> str:
-    """Enter the domain (no_new_privs must be set); what was applied, e.g.
-    "landlock ABI 7", or "none: WHY"."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+def ruleset(libc: ctypes.CDLL, fs_only: bool = False) -> tuple[int, int] | str:
+    """(ABI, ruleset fd) handling every right the kernel's ABI knows (with
+    fs_only, its filesystem rights only), or "none: WHY"."""
     abi = libc.syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
                        ctypes.c_uint32(CREATE_RULESET_VERSION))
     if abi < 0:
@@ -51,17 +49,31 @@ def restrict() -> str:
                        NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
                        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
     # the struct grew with the ABI: give the kernel the size it knows
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    size = 8 if abi < 4 or fs_only else 16 if abi < 6 else 24
     fd = libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                       ctypes.c_uint32(0))
     if fd < 0:
         return f"none: cannot create a Landlock ruleset ({os.strerror(ctypes.get_errno())})"
+    return abi, fd
+
+
+def enter(libc: ctypes.CDLL, abi: int, fd: int) -> str:
+    """Enter the ruleset's domain (no_new_privs must be set); what was applied."""
     try:
         if libc.syscall(SYS_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) < 0:
             return f"none: cannot enter the Landlock domain ({os.strerror(ctypes.get_errno())})"
     finally:
         os.close(fd)
     return f"landlock ABI {abi}"
+
+
+def restrict() -> str:
+    """The helper's domain: no rule, so nothing is allowed; e.g. "landlock
+    ABI 7", or "none: WHY"."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    made = ruleset(libc)
+    return made if isinstance(made, str) else enter(libc, *made)
 
 
 # What the request loop, the interpreter and exit need (names libseccomp
@@ -108,13 +120,16 @@ def libseccomp() -> ctypes.CDLL:
     return lib
 
 
-def filter_syscalls(lib: ctypes.CDLL) -> str:
-    """Load the seccomp filter (no_new_privs must be set); what was applied."""
-    ctx = lib.seccomp_init(SCMP_ACT_ERRNO_EPERM)
+def filter_syscalls(lib: ctypes.CDLL, rules: tuple = ((ALLOWED, SCMP_ACT_ALLOW),
+                                                         (KILLED, SCMP_ACT_KILL_PROCESS)),
+                    default: int = SCMP_ACT_ERRNO_EPERM) -> str:
+    """Load a seccomp filter, by default the helper's (no_new_privs must be
+    set): rules are (names, action) pairs, default the action for the rest."""
+    ctx = lib.seccomp_init(default)
     if not ctx:
         return "none: seccomp_init failed"
     try:
-        for names, action in ((ALLOWED, SCMP_ACT_ALLOW), (KILLED, SCMP_ACT_KILL_PROCESS)):
+        for names, action in rules:
             for name in names:
                 nr = lib.seccomp_syscall_resolve_name(name.encode())
                 if nr != -1:  # (__NR_SCMP_ERROR: not on this architecture)

@@ -34,7 +34,7 @@ from smcroute.ipc.helper import (
     parse_reply,
     to_wire,
 )
-from smcroute.policy import helper as policy
+from smcroute.policy import ops
 from smcroute.policy.limits import ADDR_LEN
 
 
@@ -116,8 +116,8 @@ class Protocol:
             for req in reqs[start:start + self.PIPELINE]:
                 msg = to_wire(req)
                 try:
-                    policy.parse_request(msg)
-                except policy.Violation as exc:
+                    ops.parse(msg)
+                except ops.Violation as exc:
                     b.replies.append(Reply(req.id, False, errno.EINVAL,
                                            f"refused by policy: {exc}"))
                     continue

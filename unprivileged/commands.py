@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from smcroute.ipc.control import ControlRequest
-from smcroute.policy.helper import is_multicast
 from smcroute.policy.limits import MAX_OIFS
+from smcroute.policy.ops import is_multicast
 from smcroute.unprivileged import groups
 from smcroute.unprivileged.config import (
     ConfigError,

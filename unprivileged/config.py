@@ -18,8 +18,8 @@ import stat
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from smcroute.policy.helper import is_multicast
 from smcroute.policy.limits import MAX_OIFS
+from smcroute.policy.ops import is_multicast
 from smcroute.unprivileged.model import (
     Config,
     Diagnostic,

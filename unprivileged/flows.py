@@ -93,7 +93,7 @@ def fast_templates(plan: Plan, most: int) -> tuple[tuple[FastTemplate, ...],
 
 @dataclass
 class FastBooks:
-    """What the helper's fast path holds (policy/fastpath.py): templates of
+    """What the helper's fast path holds (policy/ops.py, privileged/server.py): templates of
     one generation and, per template, the flows it may install (cumulative
     limits) and has installed as far as we heard. limits - used is held in
     reserve: it counts against the budgets like an installed flow."""

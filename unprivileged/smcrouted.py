@@ -132,9 +132,11 @@ def privileged() -> bool:
     if os.geteuid() == 0:
         return True
     import prctl
-    from smcroute.privileged.caps import effective
+    from smcroute.privileged.caps import status_fields
 
-    return effective(prctl.CAP_NET_ADMIN, prctl.CAP_NET_RAW, prctl.CAP_SETPCAP)
+    mask = int(status_fields()["CapEff"], 16)
+    return all(mask >> cap & 1 for cap in (prctl.CAP_NET_ADMIN, prctl.CAP_NET_RAW,
+                                           prctl.CAP_SETPCAP))
 
 
 def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any] | None:
@@ -252,7 +254,7 @@ def run(opts: options.Options, level: int,
         log.err(f"Cannot start the mrouter helper: {spawned}")
         return EX_OSERR
     helper, sock = spawned
-    from smcroute.privileged.caps import Credentials, PrivilegeError, drop_privileges
+    from smcroute.privileged.caps import PrivilegeError, drop_privileges
     from smcroute.unprivileged.pidfile import PidFile
 
     user = opts.user
@@ -263,7 +265,7 @@ def run(opts: options.Options, level: int,
     except OSError as exc:
         log.warning(f"Failed create/chown PID file {opts.pid_path}: {exc.strerror}")
     control = control_socket(opts, log)
-    creds = Credentials(user.uid, user.gid, user.groups) if user else None
+    creds = (user.uid, user.gid, tuple(user.groups)) if user else None
 
     def give_up(status: int) -> int:
         """Leave no PID file or socket of ours behind."""
@@ -276,7 +278,7 @@ def run(opts: options.Options, level: int,
         return status
 
     try:
-        drop_privileges(creds, keep=())
+        drop_privileges(creds)
     except (OSError, PrivilegeError, ValueError) as exc:
         log.err(f"Could not drop root privileges: {exc}")
         helper.send_signal(signal.SIGKILL)

@@ -97,7 +97,7 @@ def _as_controller(user: str | None, target: int | None) -> dict[str, str]:
     import ctypes
     import json
 
-    from smcroute.privileged.caps import Credentials, drop_privileges
+    from smcroute.privileged.caps import drop_privileges
 
     control = target
     rfd, wfd = os.pipe()
@@ -108,8 +108,8 @@ def _as_controller(user: str | None, target: int | None) -> dict[str, str]:
             creds = None
             if user is not None:
                 entry = pwd.getpwnam(user)
-                creds = Credentials(entry.pw_uid, entry.pw_gid, ())
-            drop_privileges(creds, keep=())
+                creds = (entry.pw_uid, entry.pw_gid, ())
+            drop_privileges(creds)
             if target is None:
                 target = os.fork()
                 if target == 0:

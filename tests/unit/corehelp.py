@@ -21,7 +21,7 @@ from typing import Any
 from smcroute.ipc import codec
 from smcroute.ipc.control import ControlRequest
 from smcroute.ipc.helper import Upcall, upcalls_message
-from smcroute.policy import helper as policy
+from smcroute.policy import ops
 from smcroute.policy.control import Peer
 from smcroute.privileged.server import Server
 from smcroute.unprivileged.channel import Answered, Protocol, Upcalls
@@ -88,7 +88,7 @@ class Harness:
     def __init__(self, text: str = "", ifs: Mapping[str, Interface] | None = None,
                  settings: Settings | None = None, start: bool = True, max_mfc: int = 100_000):
         self.kernel = FakeKernel()
-        self.server = Server(None, self.kernel, policy.HelperState(max_mfc=max_mfc))  # type: ignore[arg-type]
+        self.server = Server(None, self.kernel, ops.State(max_mfc))  # type: ignore[arg-type]
         self.protocol = Protocol()
         self.core = Core(settings or Settings(conf_path=FILE))
         self.pool = FakePool()
@@ -126,7 +126,7 @@ class Harness:
 
     def helper(self, datagram: bytes) -> bytes:
         """What the helper answers to one datagram (a violation fails the test)."""
-        reqs = policy.parse_batch(codec.decode(datagram))
+        reqs = ops.parse_batch(codec.decode(datagram))
         return codec.encode({"t": "replies", "replies": [self.server.execute(r) for r in reqs]})
 
     def _deliver_all(self) -> list[Effect]:
@@ -195,7 +195,7 @@ class Harness:
         if kind == "nocache" and fast and (index := self.server.install_fast(
                 family, vif, source, group)) is not None:
             u = Upcall(family, "learned", vif, source, group,
-                       self.server.state.fast.generation, index)
+                       self.server.state.generation, index)
         else:
             u = Upcall(family, kind, vif, source, group)
         (event,) = self.protocol.receive(codec.encode(upcalls_message([u])))

@@ -32,7 +32,7 @@ from smcroute.ipc.helper import (
     to_wire,
     upcalls_message,
 )
-from smcroute.policy import helper as policy
+from smcroute.policy import ops
 from smcroute.policy.limits import MAX_BATCH
 from smcroute.privileged.server import Server
 from smcroute.unprivileged.channel import (
@@ -88,7 +88,7 @@ def test_screening_answers_policy_violations_locally_and_sends_the_rest() -> Non
     for r in done.replies[1:3]:
         assert (r.ok, r.errno) == (False, errno.EINVAL)
         assert r.error.startswith("refused by policy: ")
-    assert "vif 32" in done.replies[1].error
+    assert "vif: 32 outside" in done.replies[1].error
 
 
 def test_batches_are_answered_in_the_order_sent() -> None:
@@ -332,12 +332,12 @@ def test_helper_already_gone() -> None:
 
 
 def real_helper(kernel: FakeKernel) -> ThreadHelper:
-    server = Server(None, kernel, policy.HelperState())  # type: ignore[arg-type]
+    server = Server(None, kernel, ops.State())  # type: ignore[arg-type]
 
     def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
         try:
-            reqs = policy.parse_batch(batch)
-        except policy.Violation as exc:  # what the helper's main() does
+            reqs = ops.parse_batch(batch)
+        except ops.Violation as exc:  # what the helper's main() does
             yield {"t": "fatal", "error": f"protocol violation, exiting: {exc}"}
             yield CLOSE
             return

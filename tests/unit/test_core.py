@@ -452,7 +452,7 @@ def test_the_fast_path_is_booked_and_stale_installs_removed() -> None:
     assert k in h.core.flows.flows and k in h.core.ledger.mfc
     assert not any(isinstance(r, AddMfc) and r.group == k.group for r in h.sent())
     # templates change while the helper installs a flow with the old ones
-    g = h.server.state.fast.generation
+    g = h.server.state.generation
     k2 = key("10.0.0.6", "225.2.0.1")
     index = h.server.install_fast(4, 0, k2.source, k2.group)
     assert index is not None

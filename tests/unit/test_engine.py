@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smcroute.ipc.helper import AddMfc, AddVif, DelMfc, DelVif, to_wire
-from smcroute.policy.helper import HelperState, Refusal, check, parse_request
+from smcroute.ipc.helper import FIELDS, AddMfc, AddVif, DelMfc, DelVif, to_wire
+from smcroute.policy import ops
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.core import Core, Settings
 from smcroute.unprivileged.engine import Plan, Route, match, plan
@@ -789,8 +789,15 @@ def test_everything_removed() -> None:
 # -- changes applied through the helper's policy ---------------------------------------------------
 
 
-def apply_changes(state: HelperState, c: dict[str, list[Any]]) -> list[tuple[Any, int]]:
-    """Run the operations in the core's order through check()/apply(); return refusals."""
+class NullKernel:
+    """Takes every kernel operation: only the op table's own rules refuse."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+def apply_changes(state: ops.State, c: dict[str, list[Any]]) -> list[tuple[Any, int]]:
+    """Run the operations in the core's order through the op table; return refusals."""
     refused = []
     reqs: list[Any] = [
         *(AddVif(1, v.family, v.vif, v.ifindex, v.threshold) for v in c["add_vif"]),
@@ -800,18 +807,16 @@ def apply_changes(state: HelperState, c: dict[str, list[Any]]) -> list[tuple[Any
         *(DelVif(1, v.family, v.vif) for v in c["del_vif"]),
     ]
     for req in reqs:
-        assert parse_request(to_wire(req)) == req  # never a protocol violation
-        try:
-            check(req, state)
-        except Refusal as exc:
-            refused.append((req, exc.errno))
-            continue
-        state.apply(req)
+        r = ops.parse(to_wire(req))  # never a protocol violation
+        assert r == {"op": req.op, **{n: getattr(req, n) for n in ("id", *FIELDS[req.op])}}
+        reply = ops.execute(NullKernel(), state, r)
+        if not reply["ok"]:
+            refused.append((req, reply["errno"]))
     return refused
 
 
-def installed_state(p: Plan) -> HelperState:
-    state = HelperState()
+def installed_state(p: Plan) -> ops.State:
+    state = ops.State()
     assert apply_changes(state, changes(Plan(IFS), p)) == []
     return state
 
@@ -922,7 +927,7 @@ def plan_invariants(p: Plan, ifs: dict[str, Interface]) -> None:
         assert all(1 <= ttl <= 255 for _, ttl in m.oifs)
         assert len(m.oifs) <= 32
         # what the engine plans is what the helper's policy accepts
-        parse_request(to_wire(AddMfc(1, k.family, k.source, k.group, m.iif, m.oifs)))
+        ops.parse(to_wire(AddMfc(1, k.family, k.source, k.group, m.iif, m.oifs)))
     for t in p.templates:
         assert isinstance(t.rule, Mroute) and not t.rule.is_ssm
         assert (4, t.iif) in p.vifs and (6, t.iif) in p.vifs

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from smcroute.ipc import codec
-from smcroute.policy import helper as policy
+from smcroute.policy import ops
 from smcroute.policy.limits import MAX_BATCH, MAXVIFS
 from smcroute.privileged import kernel
 from smcroute.privileged.server import ProtocolViolation, Server
@@ -109,7 +109,7 @@ def helper(errors: list[int]) -> Iterator[tuple[socket.socket, Server, list[tupl
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * codec.MAX_DATAGRAM)
     try:
         with mock.patch.object(kernel.fcntl, "ioctl", fake_ioctl):
-            yield ours, Server(theirs, mroute, policy.HelperState(max_mfc=50)), calls
+            yield ours, Server(theirs, mroute, ops.State(50)), calls
     finally:
         ours.close()
         theirs.close()
@@ -198,7 +198,7 @@ def test_an_ipv6_ifindex_beyond_16_bits_is_a_violation_not_a_crash() -> None:
         ours.send(codec.encode([add]))
         server.serve_one()
     assert calls == []
-    assert policy.parse_request({**add, "family": 4}).ifindex == 70000  # IPv4's is an int
+    assert ops.parse({**add, "family": 4})["ifindex"] == 70000  # IPv4's is an int
 
 
 def test_an_empty_datagram_is_a_violation_and_eof_is_the_end() -> None:

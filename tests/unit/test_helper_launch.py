@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_MFC_CAP, MAX_TABLE
-from smcroute.privileged.__main__ import Args, UsageError, parse_args
+from smcroute.privileged.__main__ import UsageError, parse_args
 from smcroute.unprivileged.options import Options, User
 from smcroute.unprivileged.smcrouted import (
     HELPER_BOOT,
@@ -22,8 +22,9 @@ def test_helper_command_is_isolated_without_site_and_names_its_path() -> None:
     path = helper_path()
     assert cmd[:5] == [sys.executable, "-I", "-S", "-c", HELPER_BOOT]
     assert cmd[5:6 + len(path)] == [str(len(path)), *path]
-    assert parse_args(cmd[6 + len(path):]) == Args(fd=7, table=3, uid=65534, gid=65534,
-                                                  groups=(5, 6), max_mfc=1234)
+    assert parse_args(cmd[6 + len(path):]) == {
+        "fd": 7, "table": 3, "uid": 65534, "gid": 65534, "groups": (5, 6), "max-mfc": 1234,
+        "rcvbuf": 16 * 1024 * 1024}
 
 
 def test_the_boot_line_finds_the_helper_without_site() -> None:
@@ -43,7 +44,8 @@ def test_the_mfc_cap_holds_configured_routes_learned_routes_and_stop_filters() -
     assert helper_mfc_cap(Options(max_learned=10)) == DEFAULT_MAX_MFC + 20
     # a --max-learned beyond what the helper takes is capped, not a helper usage error
     huge = helper_mfc_cap(Options(max_learned=10**12))
-    assert huge == MAX_MFC_CAP and parse_args(["--fd", "3", "--max-mfc", str(huge)]).max_mfc == huge
+    assert huge == MAX_MFC_CAP
+    assert parse_args(["--fd", "3", "--max-mfc", str(huge)])["max-mfc"] == huge
 
 
 @pytest.mark.parametrize("argv", [
@@ -57,6 +59,9 @@ def test_the_mfc_cap_holds_configured_routes_learned_routes_and_stop_filters() -
     ["--fd", "3", "--uid", "5"],
     ["--fd", "3", "--max-mfc", "0"],
     ["--fd", "3", "--groups", "a,b"],
+    ["--fd", "3", "--groups", "1,4294967295"],  # beyond gid_t: once an OverflowError as root
+    ["--fd", "3", "--groups", "1", "--groups", "2"],
+    ["-fd", "3"],
     ["--fd", "3", "--help", "1"],
 ])
 def test_bad_helper_arguments_are_usage_errors(argv: list[str]) -> None:
@@ -65,4 +70,6 @@ def test_bad_helper_arguments_are_usage_errors(argv: list[str]) -> None:
 
 
 def test_helper_arguments_defaults() -> None:
-    assert parse_args(["--fd", "3"]) == Args(fd=3)
+    assert parse_args(["--fd", "3"]) == {"fd": 3, "table": 0, "uid": None, "gid": None,
+                                         "groups": (), "max-mfc": DEFAULT_MAX_MFC,
+                                         "rcvbuf": 16 * 1024 * 1024}

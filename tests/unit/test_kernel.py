@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dis
 import ipaddress
 import socket
 import struct
@@ -12,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smcroute.privileged import kernel
-from smcroute.privileged.kernel import Mroute, parse_upcall4, parse_upcall6
+from smcroute.privileged.kernel import mfcctl, parse_upcall4, parse_upcall6
 
 X86_64 = sys.maxsize > 2**32 and struct.calcsize("@L") == 8
 
@@ -22,15 +21,7 @@ SRC6 = ipaddress.IPv6Address("2001:db8::1").packed
 GRP6 = ipaddress.IPv6Address("ff05::42").packed
 
 
-def mfc(family: int, source: bytes, group: bytes, iif: int,
-        oifs: tuple[tuple[int, int], ...]) -> bytes:
-    return Mroute._mfc(family, source, group, iif, oifs)
-
-
-def test_mfc_does_not_need_an_instance() -> None:
-    # _mfc is called unbound below; make sure it really does not touch self.
-    loads = [i for i in dis.get_instructions(Mroute._mfc) if i.argval == "self"]
-    assert loads == []
+mfc = mfcctl
 
 
 # -- struct layouts -----------------------------------------------------------------------------

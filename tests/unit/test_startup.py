@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
-from smcroute.policy import helper as policy
+from smcroute.policy import ops
 from smcroute.privileged.server import Server
 from smcroute.unprivileged import boot as boot_module
 from smcroute.unprivileged import interfaces
@@ -151,14 +151,14 @@ class FakeProcess:
 def serving_helper(kernel: FakeKernel, die_after: int | None = None,
                    sandbox: str = "landlock ABI 7, seccomp") -> ThreadHelper:
     """The helper's request handling; with die_after, a protocol violation then."""
-    server = Server(None, kernel, policy.HelperState(), sandbox)  # type: ignore[arg-type]
+    server = Server(None, kernel, ops.State(about={"table": 0, "pid": 5, "sandbox": sandbox}))  # type: ignore[arg-type]
 
     def respond(helper: ThreadHelper, batch: list[Any]) -> Iterable[Any]:
         if die_after is not None and len(helper.received) > die_after:
             yield {"t": "fatal", "error": "protocol violation, exiting: test"}
             yield CLOSE
             return
-        yield {"t": "replies", "replies": [server.execute(r) for r in policy.parse_batch(batch)]}
+        yield {"t": "replies", "replies": [server.execute(r) for r in ops.parse_batch(batch)]}
 
     return ThreadHelper(respond)
 
