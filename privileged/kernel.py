@@ -162,7 +162,10 @@ class Mroute:
                 sock.setsockopt(level, opt_table, struct.pack("@I", table))
             sock.setsockopt(level, opt_init, 1)
             # A storm of new flows must not overflow the upcall queue.
-            sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+            except PermissionError:  # (a user namespace: as much as rmem_max allows)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.setblocking(False)
         except BaseException:
             sock.close()

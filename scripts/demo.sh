@@ -5,8 +5,9 @@
 #                              (r-b) ---- (b-r) bystander    (not an OIF)
 #
 # Run as root on a fresh Debian machine: bash scripts/demo.sh
-# Installs what is needed (scripts/setup.sh), starts smcrouted -p nobody in
-# the router namespace, sends IPv4 and IPv6 multicast from the sender and
+# Installs what is needed (scripts/setup.sh), starts smcrouted in the router
+# namespace as a throwaway system user of its own (as it would run as the
+# smcroute user), sends IPv4 and IPv6 multicast from the sender and
 # counts what arrives.  Everything is torn down on exit, also on failure.
 # Exit status: 0 if every count is as expected, 1 otherwise.
 set -euo pipefail
@@ -23,6 +24,7 @@ S=$tag-sender R=$tag-router A=$tag-receiver B=$tag-bystander
 work=
 daemon=
 helper=
+user=
 
 say() { printf '%s\n' "$*"; }
 
@@ -51,6 +53,10 @@ cleanup() {
         ip netns del "$ns" 2>/dev/null || true
     done
     [ -n "$work" ] && rm -rf "$work"
+    if [ -n "$user" ]; then
+        userdel "$user" 2>/dev/null || true
+        groupdel "$user" 2>/dev/null || true
+    fi
     if [ "$status" -ne 0 ]; then
         say "demo: FAILED (exit $status)" >&2
     fi
@@ -70,7 +76,7 @@ fail() {
 
 say "== setup =="
 work=$(mktemp -d /tmp/smcdemo.XXXXXX)
-chmod 755 "$work" # smcrouted -p nobody must still read its config here (reload)
+chmod 755 "$work" # the daemon's user must still read its config here (reload)
 # setup.sh prints the venv path last; its progress and pip noise go to a log.
 if ! venv=$("$here/scripts/setup.sh" 2>"$work/setup.log" | tail -n 1); then
     cat "$work/setup.log" >&2
@@ -141,7 +147,12 @@ chmod 644 "$work/smcroute.conf"
 sed 's/^/  /' "$work/smcroute.conf"
 
 # 'ip netns exec' execs smcrouted: $! is the daemon's PID.
-ip netns exec "$R" "$smcrouted" -n -l info -p nobody -f "$work/smcroute.conf" \
+# Without -p, started as root, smcrouted becomes its dedicated user
+# (smcroute by default; here a throwaway one, deleted at the end).
+useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "$tag" \
+    || fail "cannot create the daemon's user $tag"
+user=$tag
+ip netns exec "$R" "$smcrouted" -n -l info --default-user "$user" -f "$work/smcroute.conf" \
     -P "$work/smcroute.pid" -u "$work/smcroute.sock" >"$work/smcrouted.log" 2>&1 &
 daemon=$!
 for ((i = 0; i < 100; i++)); do

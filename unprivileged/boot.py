@@ -41,6 +41,7 @@ class Booted:
     core: Core
     pool: Pool  # the group membership sockets
     later: list[Effect]  # for the controller to perform
+    config_dirs: list[str]  # where the configuration and its includes were read from
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -103,7 +104,8 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
     pool = Pool()
     hello_id = core.ledger.next_id()
     # Read and plan while the helper is still starting (it runs on another core).
-    effects = core.start(read_config(opts.conf_path), read_interfaces(), time.monotonic())
+    config = read_config(opts.conf_path, root_files=os.geteuid() != 0)
+    effects = core.start(config, read_interfaces(), time.monotonic())
     try:
         (hello,) = channel.call([Hello(hello_id)])
         if isinstance(hello, HelloReply):
@@ -124,4 +126,6 @@ def boot(opts: Options, log: Logger, level: int, helper: subprocess.Popen[bytes]
         report_helper_lost(log, helper, str(exc), routes=routes)
         pool.close()
         return None
-    return Booted(channel, core, pool, later)
+    dirs = {os.path.dirname(os.path.realpath(f))
+            for f in (opts.conf_path, *(path for path, _ in config.includes))}
+    return Booted(channel, core, pool, later, sorted(dirs))

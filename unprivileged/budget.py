@@ -56,3 +56,24 @@ class Throttle:
             return 0
         self.last[what] = now
         return self.counts.pop(what)
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """What was counted but not said, whose interval has passed: say it
+        now (it counts as said). Forgets what has been quiet for an interval,
+        so the throttle holds only what happened lately."""
+        out = []
+        for what, then in list(self.last.items()):
+            if now - then < self.interval:
+                continue
+            if n := self.counts.pop(what, 0):
+                out.append((what, n))
+                self.last[what] = now
+            else:
+                del self.last[what]
+        return out
+
+    @property
+    def next(self) -> float | None:
+        """When due() has something to say (None: nothing waits)."""
+        times = [self.last[what] + self.interval for what in self.counts if what in self.last]
+        return min(times) if times else None

@@ -299,14 +299,23 @@ def _refusal(st: os.stat_result, pseudo: frozenset[int]) -> str | None:
     return None
 
 
+def root_only(st: os.stat_result) -> bool:
+    """Only root may read it: root's, and no read bit for anyone else (a
+    group's only if the group is root's)."""
+    mode = st.st_mode
+    return st.st_uid == 0 and not mode & stat.S_IROTH and not (
+        mode & stat.S_IRGRP and st.st_gid != 0)
+
+
 class _Reader:
     """Reads a config file and everything it includes, depth first, within
     limits. Only regular files are read: a FIFO, device, socket, directory
     or /proc file is refused before anything is read from it (opening
     never blocks: O_NONBLOCK)."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, root_files: bool = True) -> None:
         self.limits = limits or Limits()
+        self.root_files = root_files  # False: refuse files only root may read
         self.directives: list[Directive] = []
         self.diagnostics: list[Diagnostic] = []
         self.stack: list[tuple[int, int]] = []  # (dev, inode) being read: the loop guard
@@ -352,6 +361,10 @@ class _Reader:
             st = os.fstat(fd)
             if (why := _refusal(st, self.pseudo)) is not None:
                 fail(f"Failed opening {path}: {why}")
+                return None
+            if not self.root_files and root_only(st):
+                fail(f"Failed opening {path}: only root may read it, and smcrouted reads its"
+                     " configuration without root's rights (see -p in smcrouted(8))")
                 return None
             if (st.st_dev, st.st_ino) in self.stack:
                 fail(f"include loop: {path} is already being read")
@@ -460,8 +473,10 @@ def parse_text(text: str, filename: str, limits: Limits | None = None) -> Config
     return reader.config()
 
 
-def read_config(path: str, limits: Limits | None = None) -> Config:
-    """Read and parse path and its includes; an unreadable file is an error naming it."""
-    reader = _Reader(limits)
+def read_config(path: str, limits: Limits | None = None, root_files: bool = True) -> Config:
+    """Read and parse path and its includes; an unreadable file is an error
+    naming it. root_files=False: so is a file only root may read (the
+    daemon at uid 0, where its own rights would not stop it)."""
+    reader = _Reader(limits, root_files)
     reader.file(path)
     return reader.config()

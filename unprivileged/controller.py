@@ -73,7 +73,8 @@ class Controller:
         server = None
         if self.control_socket:
             server = ControlServer(*self.control_socket, self.control,
-                                   lambda *why: self.perform(self.core.refused(*why)),
+                                   lambda *why: self.perform(self.core.refused(*why,
+                                                                               loop.time())),
                                    self.after_reply)
             await server.start()
         self.ready()
@@ -207,8 +208,8 @@ class Controller:
             if self.script:
                 self.script.run(e.action, e.source, e.group)
         elif isinstance(e, fx.LoadConfig):
-            self._queue += self.core.load(read_config(self.opts.conf_path), read_interfaces(),
-                                          self.now(), e.token)
+            config = read_config(self.opts.conf_path, root_files=os.geteuid() != 0)
+            self._queue += self.core.load(config, read_interfaces(), self.now(), e.token)
         elif isinstance(e, fx.Ready):
             self.ready()
         elif isinstance(e, fx.Notify):

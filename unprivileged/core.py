@@ -142,6 +142,7 @@ class Core(KernelEvents, Requests):
     def tick(self, now: float) -> list[Effect]:
         """Periodic work that is due: mrdisc advertisements, the expiry sample."""
         self.now = now
+        self._said_refusals(now)
         self._send([self._mrdisc_op(v, False) for v in self.mrdisc.due(now)], "mrdisc")
         if self._next_expiry is not None and now >= self._next_expiry and not self._counting:
             self._next_expiry = now + self.settings.expiry_period

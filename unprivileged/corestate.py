@@ -13,6 +13,7 @@ from smcroute.ipc.control import ControlRequest
 from smcroute.ipc.helper import Allow, Counts, Mrdisc, SetTemplates
 from smcroute.policy.control import Peer
 from smcroute.policy.limits import MAX_TEMPLATES
+from smcroute.unprivileged.budget import Throttle
 from smcroute.unprivileged.commands import Lines
 from smcroute.unprivileged.effects import Effect, Log, Memberships, Send
 from smcroute.unprivileged.engine import MemberKey, Plan
@@ -91,6 +92,7 @@ class CoreState:
         self._next_expiry: float | None = None
         self._counting = False  # an expiry sample is in flight
         self._reloads: dict[int, tuple[Peer, ControlRequest]] = {}  # smcroutectl reload
+        self.refusals = Throttle()  # control-socket refusals, by peer uid
         self._out: list[Effect] = []
         self.now = 0.0  # the time of the event being handled
 
@@ -137,7 +139,8 @@ class CoreState:
 
     def deadline(self) -> float | None:
         """When tick() has something to do next."""
-        times = [t for t in (self.mrdisc.next, self._next_expiry) if t is not None]
+        times = [t for t in (self.mrdisc.next, self._next_expiry, self.refusals.next)
+                 if t is not None]
         return min(times) if times else None
 
     # -- the one transition -------------------------------------------------------

@@ -27,6 +27,9 @@ def kernel_refusal(rule: Mroute, refused: Mapping[MfcKey, str]) -> str:
 
 
 
+MAX_AUDIT_ARGS = 200  # characters of a refused request's arguments in its audit line
+
+
 class Requests(CoreState):
     # -- events: the control socket -----------------------------------------------
 
@@ -74,13 +77,26 @@ class Requests(CoreState):
             self._out += [Stop(), Answer(token, (reply(True),))]
         return self._done()
 
-    def refused(self, peer: Peer, req: ControlRequest | None, reason: str) -> list[Effect]:
-        """The control socket refused a peer (a connection, or a request)."""
-        self._log("notice", "control request", peer_uid=peer.uid, peer_gid=peer.gid,
-                  peer_pid=peer.pid, command=req.cmd if req else "connect",
-                  args=" ".join(req.args) if req and req.args else "-",
-                  result=f"refused: {reason}")
+    def refused(self, peer: Peer, req: ControlRequest | None, reason: str,
+                now: float) -> list[Effect]:
+        """The control socket refused a peer (a connection, or a request).
+        Audited, but at most one line per peer uid per 10 s: the first in
+        full (its arguments cut short), then how many more came."""
+        self.now = now
+        if n := self.refusals.hit(str(peer.uid), now):
+            args = " ".join(req.args) if req and req.args else "-"
+            self._log("notice", "control request", peer_uid=peer.uid, peer_gid=peer.gid,
+                      peer_pid=peer.pid, command=req.cmd[:32] if req else "connect",
+                      args=args if len(args) <= MAX_AUDIT_ARGS else
+                      args[:MAX_AUDIT_ARGS] + "...", result=f"refused: {reason}",
+                      **({"refused": n} if n > 1 else {}))
         return self._done()
+
+    def _said_refusals(self, now: float) -> None:
+        """The refusals counted since a uid's last line, once 10 s have passed."""
+        for uid, n in self.refusals.due(now):
+            self._log("notice", "control requests refused", peer_uid=int(uid), refused=n,
+                      seconds=int(self.refusals.interval))
 
     def _audit(self, peer: Peer, req: ControlRequest, result: str) -> None:
         self._log("notice", "control request", peer_uid=peer.uid, peer_gid=peer.gid,

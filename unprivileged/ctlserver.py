@@ -1,11 +1,17 @@
 """The control socket server: framing, peer credentials, authorization,
 timeouts. What a request does is the controller's business (handler).
 
-Hostile or broken clients get an error reply or a closed connection: frames
-are size-checked before they are buffered, a client that stalls is dropped
-after IDLE_TIMEOUT (not counting the time its request is being handled),
-one that does not read its replies after WRITE_TIMEOUT, at most
-MAX_CLIENTS are served at once, and a client's requests are answered in
+Hostile or broken clients get an error reply or a closed connection. A
+peer is authorized at accept, from its SO_PEERCRED credentials: one that
+may not connect gets its one-line refusal and is closed at once, never
+holding a slot. Slots are kept for root, the daemon's user and the admin
+group: peers with read-only access share at most SHARED_CLIENTS of the
+MAX_CLIENTS, and every uid but root's and the daemon's holds at most
+PER_UID. Frames are size-checked before they are buffered; a client that
+says nothing is dropped after IDLE_TIMEOUT (not counting the time its
+request is being handled), a frame must be whole FRAME_TIMEOUT after its
+first byte (a byte now and then buys no time), a client that does not read
+its replies goes after WRITE_TIMEOUT; a client's requests are answered in
 order, one batch at a time, so none can starve another.
 
 Plain non-blocking sockets on the event loop's selector (add_reader):
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +33,11 @@ from smcroute.ipc.control import BadRequest, ControlRequest, parse_request, repl
 from smcroute.ipc.stream import MAX_FRAME, FrameDecoder, encode_frame
 from smcroute.policy.control import Access, Peer, authorize, may_connect
 
-MAX_CLIENTS = 32
-IDLE_TIMEOUT = 10.0
+MAX_CLIENTS = 64
+SHARED_CLIENTS = 32  # of them, what peers without full access may hold in all
+PER_UID = 8  # per uid, except root's and the daemon's own
+IDLE_TIMEOUT = 5.0
+FRAME_TIMEOUT = 2.0
 WRITE_TIMEOUT = 10.0
 MAX_QUEUED = 4096  # requests read ahead of the one being answered; beyond, reading pauses
 READ_SIZE = 256 * 1024
@@ -70,6 +80,8 @@ class ControlServer:
         self.refused = refused  # audit hook: (peer, request or None, reason)
         self.after_reply = after_reply  # e.g. "kill": stop once the client has its answer
         self.clients: set[_Client] = set()
+        self.per_uid: Counter[int] = Counter()  # connections held, by peer uid
+        self.shared = 0  # connections held by peers without full access
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -93,14 +105,54 @@ class ControlServer:
             except OSError:  # e.g. EMFILE: the connection waits in the backlog
                 return
             sock.setblocking(False)
-            client = _Client(self, sock)
+            try:
+                peer = peer_of(sock)
+            except OSError:
+                sock.close()
+                continue
+            if reason := self.admit(peer):
+                self.refused(peer, None, reason)
+                _refuse(sock, reason)
+                continue
+            client = _Client(self, sock, peer)
             self.clients.add(client)
+            self.per_uid[peer.uid] += 1
+            self.shared += not client.full
             client.start()
+
+    def admit(self, peer: Peer) -> str | None:
+        """None if the peer may have a slot now, else why not."""
+        access = self.access
+        if not may_connect(peer, access):
+            return authorize(peer, access, "") or "Permission denied"
+        full = authorize(peer, access, "add") is None
+        if len(self.clients) >= MAX_CLIENTS or (not full and self.shared >= SHARED_CLIENTS) \
+                or (peer.uid not in (0, access.daemon_uid) and self.per_uid[peer.uid] >= PER_UID):
+            return "too many clients, try again later"
+        return None
+
+    def released(self, client: _Client) -> None:
+        self.clients.discard(client)
+        self.per_uid[client.peer.uid] -= 1
+        if not self.per_uid[client.peer.uid]:
+            del self.per_uid[client.peer.uid]
+        self.shared -= not client.full
+
+
+def _refuse(sock: socket.socket, reason: str) -> None:
+    """One reply, if the socket takes it now (never buffered), and close."""
+    try:
+        sock.send(encode_frame(reply(False, reason)))
+    except OSError:
+        pass
+    sock.close()
 
 
 class _Client:
-    def __init__(self, server: ControlServer, sock: socket.socket) -> None:
+    def __init__(self, server: ControlServer, sock: socket.socket, peer: Peer) -> None:
         self.server = server
+        self.peer = peer
+        self.full = authorize(peer, server.access, "add") is None
         self.sock = sock
         self.loop = server.loop
         assert self.loop is not None
@@ -112,28 +164,14 @@ class _Client:
         self.reading = False
         self.closing = False  # close once the replies are out
         self.closed = False
-        self.peer: Peer | None = None
         self.idle: asyncio.TimerHandle | None = None
+        self.frame: asyncio.TimerHandle | None = None  # a partial frame's deadline
         self.stalled: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        server = self.server
-        try:
-            peer = peer_of(self.sock)
-        except OSError:
-            self.close()
-            return
-        if len(server.clients) > MAX_CLIENTS:
-            self._last(reply(False, "too many clients, try again later"))
-        elif not may_connect(peer, server.access):
-            reason = authorize(peer, server.access, "") or "Permission denied"
-            server.refused(peer, None, reason)
-            self._last(reply(False, reason))
-        else:
-            self.peer = peer
-            self._readable()  # the request (and its end) may be here already:
-            if not (self.closed or self.closing):  # no wake-up for them
-                self._read(len(self.queue) < MAX_QUEUED)
+        self._readable()  # the request (and its end) may be here already:
+        if not (self.closed or self.closing):  # no wake-up for them
+            self._read(len(self.queue) < MAX_QUEUED)
 
     def _read(self, on: bool) -> None:
         """Read on (giving the client IDLE_TIMEOUT to say more, unless its
@@ -183,6 +221,12 @@ class _Client:
         except DecodeError as exc:
             self._last(reply(False, f"malformed request: {exc}"))
             return
+        if not self.decoder.pending and self.frame:
+            self.frame.cancel()
+            self.frame = None
+        elif self.decoder.pending and not self.frame:
+            assert self.loop is not None
+            self.frame = self.loop.call_later(FRAME_TIMEOUT, self.close)
         self._next()
 
     def _eof(self) -> None:
@@ -202,7 +246,6 @@ class _Client:
             return
         messages, self.queue = self.queue, []
         server, peer = self.server, self.peer
-        assert peer is not None
         batch: list[ControlRequest] = []
         answers: list[dict[str, Any] | None] = []
         for msg in messages:
@@ -287,12 +330,12 @@ class _Client:
         self.closed = True
         loop = self.loop
         assert loop is not None
-        for timer in (self.idle, self.stalled):
+        for timer in (self.idle, self.stalled, self.frame):
             if timer:
                 timer.cancel()
         if self.reading:
             loop.remove_reader(self.fd)
         if self.stalled is not None:
             loop.remove_writer(self.fd)
-        self.server.clients.discard(self)
+        self.server.released(self)
         self.sock.close()

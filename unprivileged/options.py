@@ -20,7 +20,7 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
 LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",
-            "readonly-group=", "log-json")
+            "readonly-group=", "log-json", "default-user=")
 PROG = "smcrouted"
 EX_USAGE = 64
 
@@ -57,6 +57,7 @@ class Options:
     socket_group: int | None = None  # full access to the control socket (default: -p group)
     readonly_group: int | None = None  # may only "show"
     log_json: bool = False  # JSON lines instead of text
+    default_user: str = "smcroute"  # run as this user without -p, where it exists
     extra: tuple[str, ...] = field(default=())
 
     @property
@@ -182,6 +183,8 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
             raise Exit(0)
         case "--log-json":
             opts = replace(opts, log_json=True)
+        case "--default-user":
+            opts = replace(opts, default_user=value)
         case "--socket-group" | "--readonly-group":
             try:
                 gid = grp.getgrnam(value).gr_gid

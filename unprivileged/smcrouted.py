@@ -48,6 +48,7 @@ def daemonize() -> None:
 # sitecustomize runs as root; its sys.path is the standard library and
 # exactly the directories of its three dependencies, passed here, after the
 # standard library (nothing there can shadow a standard module).
+MAX_FD = 2**31 - 1
 HELPER_BOOT = ("import sys; n = int(sys.argv[1]); sys.path += sys.argv[2:2 + n];"
                " del sys.argv[1:2 + n]; from smcroute.privileged.__main__ import main;"
                " sys.exit(main(sys.argv[1:]))")
@@ -215,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     if not privileged():
         real_log(opts, level).err("Need root privileges to start smcrouted")
         return EX_NOPERM
+    # Nothing the starter left open (a pipe, a socket, a file of root's)
+    # lives on in a daemon: one close_range(2) call.
+    os.closerange(3, MAX_FD)
+    from smcroute.unprivileged.confine import identity
+
+    opts, identity_note = identity(opts)
     if not opts.foreground:
         daemonize()
     early = EarlySignals()
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     spawned = None if opts.startup_delay else spawn(opts)
     boot_log = DeferredLog()
     try:
-        return run(opts, level, spawned, boot_log, early)
+        return run(opts, level, spawned, boot_log, early, identity_note)
     finally:
         if boot_log.events:  # a way out before the real logger took over
             boot_log.replay(real_log(opts, level))
@@ -237,10 +244,13 @@ def real_log(opts: options.Options, level: int) -> Any:
 
 def run(opts: options.Options, level: int,
         spawned: tuple[subprocess.Popen[bytes], socket.socket] | OSError | None,
-        log: DeferredLog, early: EarlySignals) -> int:
+        log: DeferredLog, early: EarlySignals,
+        identity_note: tuple[str, str] | None = None) -> int:
     """Everything after the helper is spawned; logs go to log until the
     initial routes are in, then to the real logger."""
     log.notice(f"{texts.PACKAGE} v{texts.VERSION}")
+    if identity_note:
+        getattr(log, identity_note[0])(identity_note[1])
     if opts.startup_delay:
         log.info(f"Startup delay requested, waiting {opts.startup_delay} sec before continuing.")
         log.replay(real_log(opts, level))  # show it before we sleep
@@ -291,6 +301,14 @@ def run(opts: options.Options, level: int,
     booted = boot(opts, log, level, helper, sock)
     if booted is None:
         return give_up(EXIT_HELPER_LOST)
+    if os.geteuid() == 0:  # no user to become: uid 0 in a Landlock domain
+        from smcroute.unprivileged.confine import confine
+
+        applied = confine(opts, booted.config_dirs)
+        if "none" in applied:
+            log.warning(f"smcrouted runs as uid 0 without its Landlock domain: {applied}")
+        else:
+            log.info(f"Running as uid 0 without capabilities, confined ({applied})")
     # The initial routes are in the kernel: now the heavy imports.
     import asyncio
 

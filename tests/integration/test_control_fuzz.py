@@ -358,6 +358,38 @@ def test_stalled_client_does_not_block_others_and_is_dropped(daemon):
     assert_healthy(daemon)
 
 
+def test_a_byte_now_and_then_buys_no_time(daemon):
+    # a frame must be whole FRAME_TIMEOUT (2 s) after its first byte: a
+    # request sent one byte every 0.5 s (never its last) is dropped
+    frame = request("show", "interfaces")
+    assert len(frame) > 12
+    with connect(daemon.sock, timeout=10) as s:
+        start = time.monotonic()
+        closed_after = None
+        for i in range(len(frame) - 1):
+            try:
+                s.sendall(frame[i:i + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - start
+                break
+            s.setblocking(False)
+            try:
+                if s.recv(1024) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed_after = time.monotonic() - start
+                break
+            finally:
+                s.setblocking(True)
+            time.sleep(0.5)
+    assert closed_after is not None, "a trickling client was never dropped"
+    assert closed_after < 5.0, closed_after  # (2 s, and then some for a busy machine)
+    assert_healthy(daemon)
+
+
 def test_fifty_busy_clients_are_all_answered(daemon):
     socks = []
     try:

@@ -227,3 +227,31 @@ def test_sigterm_exits_cleanly_and_removes_routes(topo, smcrouted, user):
     assert wait_for(lambda: not pid_alive(helper), FATE_TIMEOUT)
     if user is None:  # as nobody it cannot unlink from a root-owned directory
         assert not daemon.pidfile.exists()
+
+
+def _fds(pid: int) -> dict[int, str]:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    out = {}
+    for entry in fd_dir.iterdir():
+        try:
+            out[int(entry.name)] = os.readlink(entry)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_no_inherited_descriptor_survives_in_either_process(smcrouted, user, tmp_path):
+    # what a careless starter leaves open: a pipe and a file of root's
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    opener = ["bash", "-c", f'exec 251<{secret} 252< <(sleep 60); exec "$@"', "opener"]
+    daemon = smcrouted(CONFIG, _args(user), prefix=opener)
+    for pid in (daemon.pid, daemon.helper):
+        fds = _fds(pid)
+        assert 251 not in fds and 252 not in fds, fds
+        assert not [t for t in fds.values() if str(secret) in t or t.startswith("pipe:")], fds
+    # the helper: stdio and sockets (its end of the pair, its mroute sockets) only
+    helper = _fds(daemon.helper)
+    assert all(fd <= 2 or t.startswith("socket:") for fd, t in helper.items()), helper

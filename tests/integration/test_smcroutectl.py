@@ -28,6 +28,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -862,3 +863,44 @@ def test_socket_group_without_read_only_group(topo, smcrouted, accounts):
         res = fails(d, "show", user=user)
         assert res.err == "smcroutectl: Need root privileges to connect to daemon\n", str(res)
     ok(d, "show")  # root
+
+
+ATTACKER = Path(__file__).with_name("ctl_attacker.py")
+ATTACK_SECONDS = 6.0
+LOG_GROWTH_BOUND = 16 * 1024  # bytes over the whole attack (its own lines: a few per uid)
+
+
+def test_root_and_the_admin_group_are_served_under_attack(topo, smcrouted, accounts):
+    acc = accounts
+    d = smcrouted(EDIT_CONF, ["-p", "nobody", "--socket-group", acc.full_group,
+                              "--readonly-group", acc.ro_group])
+    ok(d, "show")
+    before = d.logfile.stat().st_size
+
+    def attacker(user: str, *args: str) -> subprocess.Popen:
+        entry = pwd.getpwnam(user)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", d.ns.name, "setpriv", "--reuid", str(entry.pw_uid),
+             "--regid", str(entry.pw_gid), "--init-groups", "--", "/usr/bin/python3", "-I",
+             str(ATTACKER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [attacker(acc.other_user, "flood", str(d.sock), str(ATTACK_SECONDS)),
+             attacker(acc.ro_user, "slow", str(d.sock), str(ATTACK_SECONDS), "64")]
+    timings = []
+    try:
+        time.sleep(1.0)  # the attack is under way
+        for i in range(3):
+            for user, words in ((None, ["show"]), (acc.full_user, ["show"]),
+                                (None, ["add", "r-s", SRC, f"225.3.9.{i + 1}", "r-b"]),
+                                (acc.full_user, ["add", "r-s", SRC, f"225.3.8.{i + 1}", "r-b"])):
+                start = time.monotonic()
+                ok(d, *words, user=user)
+                timings.append((user or "root", words[0], time.monotonic() - start))
+    finally:
+        outs = [p.communicate(timeout=ATTACK_SECONDS + 30) for p in procs]
+    flooded, slowed = (int(out.strip() or 0) for out, _ in outs)
+    assert flooded > 1000 and slowed >= 8, (outs, d.log()[-3000:])
+    assert all(t < 1.0 for *_, t in timings), timings
+    grown = d.logfile.stat().st_size - before
+    assert grown < LOG_GROWTH_BOUND, (grown, d.log()[-3000:])
+    assert d.proc.poll() is None

@@ -179,30 +179,37 @@ def rss_kib(pid):
 
 @pytest.fixture
 def action_script():
-    """A /bin/sh -e script in a world-readable temporary directory, logging
-    each call to a file in a directory anyone can write to."""
+    """A /bin/sh script in a world-readable temporary directory that says
+    each call on its standard output, which is the daemon's (its log here):
+    without -p the daemon's confinement lets it write no file."""
     top = Path(tempfile.mkdtemp(prefix="smcpy-script-"))
     try:
         top.chmod(0o755)
-        out = top / "out"
-        out.mkdir()
-        # the script runs with the controller's identity: nobody with -p, else
-        # uid 0 without capabilities (no CAP_DAC_OVERRIDE): world-writable
-        out.chmod(0o1777)
-        calls = out / "calls.log"
         script = top / "action.sh"
-        script.write_text(f'#!/bin/sh\necho "$1 source=$source group=$group" >>{calls}\n')
+        script.write_text('#!/bin/sh\necho "SCRIPT-CALL $(id -u) $1 source=$source group=$group"\n')
         script.chmod(0o755)
-        yield script, calls
+        yield script
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def script_calls(calls: Path) -> Counter:
+def default_uid() -> int:
+    """Whom smcrouted runs as without -p."""
     try:
-        return Counter(calls.read_text().splitlines())
-    except FileNotFoundError:
-        return Counter()
+        return pwd.getpwnam("smcroute").pw_uid
+    except KeyError:
+        return 0
+
+
+def script_calls(daemon, uid: int | None = None) -> Counter:
+    """The script's calls, from the daemon's log (those of uid, if given)."""
+    calls = Counter()
+    for line in daemon.log().splitlines():
+        if line.startswith("SCRIPT-CALL "):
+            _, who, call = line.split(" ", 2)
+            assert uid is None or int(who) == uid, f"the script ran as uid {who}, not {uid}"
+            calls[call] += 1
+    return calls
 
 
 # --------------------------------------------------------------------------
@@ -367,7 +374,7 @@ def test_wrongvif_moves_learned_route_to_allowed_interface(topo, smcrouted, acti
     """The same (S,G) arrives on r-b, which a template also allows: the entry
     moves there (and the -e script is called with install again).  On r-c,
     which no template allows, it stays."""
-    script, calls = action_script
+    script = action_script
     daemon = smcrouted(WRONGVIF_CONFIG, ["-e", str(script)])
     src, moving, staying = SRC[V4], "225.3.3.3", "225.3.3.4"
     for role in ("B", "C"):  # second paths into R with the sender's address
@@ -399,8 +406,8 @@ def test_wrongvif_moves_learned_route_to_allowed_interface(topo, smcrouted, acti
     assert f"({src}, {staying}) inbound to r-c" not in daemon.log()
     installs = {f"install source={src} group={moving}": 2,
                 f"install source={src} group={staying}": 1}
-    assert wait_for(lambda: script_calls(calls) == Counter(
-        {"reload source= group=": 1, **installs}), 3.0), script_calls(calls)
+    assert wait_for(lambda: script_calls(daemon) == Counter(
+        {"reload source= group=": 1, **installs}), 3.0), script_calls(daemon)
 
 
 # --------------------------------------------------------------------------
@@ -472,11 +479,11 @@ mroute from r-s source {SRC[V6]} group ff0e::5:5 to r-b
 
 @pytest.mark.parametrize("args", USERS)
 def test_action_script_reload_and_install(topo, smcrouted, action_script, args):
-    script, calls = action_script
+    script = action_script
     daemon = smcrouted(SCRIPT_CONFIG, [*args, "-e", str(script)])
     reload_line = "reload source= group="
-    assert wait_for(lambda: script_calls(calls)[reload_line] == 1, 5.0), (
-        script_calls(calls), daemon.log()[-2000:])
+    assert wait_for(lambda: script_calls(daemon)[reload_line] == 1, 5.0), (
+        script_calls(daemon), daemon.log()[-2000:])
     # template matches: install; configured (S,G) and stop filter: nothing
     for family, group, roles in (
         (V4, "225.1.2.3", ["A"]), (V6, "ff0e::1:3", ["A"]),
@@ -487,14 +494,14 @@ def test_action_script_reload_and_install(topo, smcrouted, action_script, args):
         assert got == {r: 3 if r in roles else 0 for r in RECEIVERS}, (group, got)
     installs = {"install source=10.0.1.2 group=225.1.2.3",
                 "install source=fd00:1::2 group=ff0e::1:3"}
-    assert wait_for(lambda: installs <= set(script_calls(calls)), 5.0), script_calls(calls)
+    assert wait_for(lambda: installs <= set(script_calls(daemon)), 5.0), script_calls(daemon)
     reload(daemon)
-    assert wait_for(lambda: script_calls(calls)[reload_line] == 2, 5.0), script_calls(calls)
+    assert wait_for(lambda: script_calls(daemon)[reload_line] == 2, 5.0), script_calls(daemon)
     time.sleep(0.5)  # anything late would show now
-    assert script_calls(calls) == Counter({reload_line: 2, **dict.fromkeys(installs, 1)})
-    owner = calls.stat().st_uid
-    want = pwd.getpwnam("nobody").pw_uid if args else 0
-    assert owner == want, f"the script ran as uid {owner}, not {want}"
+    assert script_calls(daemon) == Counter({reload_line: 2, **dict.fromkeys(installs, 1)})
+    # with -p the script runs as that user; without, as the daemon: the
+    # smcroute user where there is one, else uid 0 without capabilities
+    script_calls(daemon, pwd.getpwnam("nobody").pw_uid if args else default_uid())
 
 
 # --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from smcroute.unprivileged.smcrouted import HELPER_BOOT, helper_path
 
-# Measured when the op table went in (1153 before it): a ratchet, so the
-# helper only grows by a decision that also changes this number.
-MAX_CODE_LINES = 830
+# 819 when the op table went in (1153 before it), 831 with the user
+# namespace fallback for its receive buffers and the Landlock and seccomp
+# functions the confined controller shares: a ratchet, so the helper only
+# grows by a decision that also changes this number.
+MAX_CODE_LINES = 840
 
 
 def code_lines(source: str) -> int:
