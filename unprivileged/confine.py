@@ -23,7 +23,7 @@ import sys
 from dataclasses import replace
 
 from smcroute.privileged import sandbox
-from smcroute.unprivileged.options import Options, resolve_user
+from smcroute.unprivileged.options import Options, User, resolve_user
 
 SYS_ADD_RULE = 445
 RULE_PATH_BENEATH = 1
@@ -75,6 +75,45 @@ def identity(opts: Options, euid: int | None = None
         return opts, ("notice", f"User {opts.default_user} is not mapped in this user"
                       " namespace: staying uid 0 without capabilities, in a Landlock domain")
     return replace(opts, user=user), ("info", f"No -p given: running as user {user.name}")
+
+
+def may(st: os.stat_result, user: User, bits: int) -> bool:
+    """Do the mode bits give user bits (4 read, 1 search/execute)? (root's
+    own files included: the user is not root here)."""
+    if st.st_uid == user.uid:
+        return st.st_mode >> 6 & bits == bits
+    if st.st_gid == user.gid or st.st_gid in user.groups:
+        return st.st_mode >> 3 & bits == bits
+    return st.st_mode & bits == bits
+
+
+def unreadable(user: User, paths: list[str]) -> str | None:
+    """The first of paths (or a directory above one) that user cannot
+    read (or search), as the kernel would decide by the mode bits; None if
+    every one is readable."""
+    for path in paths:
+        path = os.path.realpath(path)
+        parts = path.split("/")
+        for depth in range(2, len(parts) + 1):
+            here = "/".join(parts[:depth]) or "/"
+            try:
+                st = os.stat(here)
+            except OSError:
+                break
+            last = depth == len(parts)
+            if not may(st, user, (4 if last else 0) | (1 if os.path.isdir(here) else 0)):
+                return here
+    return None
+
+
+def code_paths() -> list[str]:
+    """What the daemon will import after the privilege drop: the
+    interpreter, its standard library and the directories on sys.path."""
+    import smcroute
+
+    return [sys.executable, os.path.dirname(os.__file__),
+            *(os.path.dirname(p) for p in smcroute.__path__),
+            *(p for p in sys.path if p and os.path.isdir(p))]
 
 
 def _add(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:

@@ -219,9 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing the starter left open (a pipe, a socket, a file of root's)
     # lives on in a daemon: one close_range(2) call.
     os.closerange(3, MAX_FD)
-    from smcroute.unprivileged.confine import identity
+    from smcroute.unprivileged.confine import code_paths, identity, unreadable
 
     opts, identity_note = identity(opts)
+    # Modules are imported after the privilege drop: the user must be able
+    # to read them, or the daemon would die of a traceback half-started.
+    if opts.user and (path := unreadable(opts.user, code_paths())):
+        real_log(opts, level).err(
+            f"User {opts.user.name} cannot read {path}, which holds smcrouted's Python code;"
+            " install smcroute-py where that user can read it (a venv under /opt, or the"
+            " Debian package), or choose another user with -p")
+        return EX_NOPERM
     if not opts.foreground:
         daemonize()
     early = EarlySignals()

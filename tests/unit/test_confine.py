@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,42 @@ def test_refusals_are_audited_once_per_uid_per_10_s_with_counts() -> None:
     assert [(e.fields["peer_uid"], e.fields["refused"]) for e in summary] == [(5000, 999)]
     assert not [e for e in core.tick(121.0) if "refused" in getattr(e, "text", "")]
     assert core.refusals.last == {}  # quiet uids are forgotten
+
+
+@pytest.mark.parametrize("uid,gid,groups,mode,bits,ok", [
+    (7, 0, (), 0o700, 5, True),  # the owner
+    (8, 7, (), 0o750, 5, True),  # the primary group
+    (8, 7, (), 0o700, 5, False),
+    (8, 9, (9,), 0o750, 5, True),  # a supplementary group
+    (8, 9, (), 0o750, 5, False),
+    (8, 9, (), 0o755, 5, True),  # others
+    (8, 9, (), 0o711, 1, True),
+    (8, 9, (), 0o711, 4, False),
+    (7, 0, (), 0o077, 4, False),  # the owner's bits decide for the owner
+])
+def test_may(uid: int, gid: int, groups: tuple[int, ...], mode: int, bits: int,
+             ok: bool) -> None:
+    user = User("u", 7, 7, groups)
+    st = os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+    assert confine.may(st, user, bits) is ok
+
+
+@pytest.mark.skipif(os.geteuid() == 65534, reason="runs as nobody")
+def test_unreadable_names_the_first_closed_directory() -> None:
+    nobody = User("nobody", 65534, 65534, ())
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="smcpy-unreadable-"))
+    try:
+        top.chmod(0o755)
+        closed = top / "closed"
+        (closed / "inner").mkdir(parents=True)
+        code = closed / "inner" / "code.py"
+        code.write_text("x = 1\n")
+        closed.chmod(0o700)
+        assert confine.unreadable(nobody, [str(code)]) == str(closed)
+        closed.chmod(0o755)
+        code.chmod(0o600)
+        assert confine.unreadable(nobody, [str(code)]) == str(code)
+        code.chmod(0o644)
+        assert confine.unreadable(nobody, [str(code), "/usr/lib"]) is None
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
