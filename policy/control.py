@@ -20,6 +20,11 @@ class Peer:
     gid: int
     pid: int
     groups: tuple[int, ...] = ()
+    name: str = ""  # the user's name, where it has one
+
+    @property
+    def who(self) -> str:
+        return f"user {self.name}" if self.name else f"uid {self.uid}"
 
     def member(self, gid: int | None) -> bool:
         return gid is not None and (gid == self.gid or gid in self.groups)
@@ -30,6 +35,11 @@ class Access:
     daemon_uid: int
     group: int  # full access
     readonly_group: int | None = None
+    group_name: str = ""  # the groups' names, for refusals
+    readonly_name: str = ""
+
+    def named(self, gid: int | None, name: str) -> str:
+        return f"group {name}" if name else f"group {gid}"
 
 
 def may_connect(peer: Peer, access: Access) -> bool:
@@ -44,6 +54,8 @@ def authorize(peer: Peer, access: Access, command: str) -> str | None:
     if peer.member(access.readonly_group):
         if command in READ_ONLY:
             return None
-        return f"Permission denied: uid {peer.uid} may only use show (read-only group)"
-    return (f"Permission denied: uid {peer.uid} is neither root nor a member of"
-            f" group {access.group}")
+        return (f"Permission denied: {peer.who} may only use show (a member of the read-only"
+                f" {access.named(access.readonly_group, access.readonly_name)}); {command}"
+                f" needs root or a member of {access.named(access.group, access.group_name)}")
+    return (f"Permission denied: {peer.who} is neither root nor a member of"
+            f" {access.named(access.group, access.group_name)}; ask to be added to it")

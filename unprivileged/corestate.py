@@ -21,7 +21,16 @@ from smcroute.unprivileged.flows import FlowTable, Limits, fast_templates
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.ledger import Ledger, Op
 from smcroute.unprivileged.levels import PRIORITY
-from smcroute.unprivileged.model import NOTE, Diagnostic, Interface, Mfc, MfcKey, Mroute, Pending
+from smcroute.unprivileged.model import (
+    NOTE,
+    Diagnostic,
+    Interface,
+    Mfc,
+    MfcKey,
+    Mgroup,
+    Mroute,
+    Pending,
+)
 from smcroute.unprivileged.mrdisc import Schedule
 
 EDITS = ("add", "remove", "join", "leave")
@@ -64,7 +73,20 @@ class Batch:
     job: Job | None
 
 
+def rule_text(rule: Mroute | Mgroup) -> str:
+    """The rule as its configuration line says it (file:line is rule.where)."""
+    kind = "mroute" if isinstance(rule, Mroute) else "mgroup"
+    text = f"{kind} from {rule.iif}"
+    if rule.source is not None:
+        text += f" source {rule.source}"
+    text += f" group {rule.group}"
+    if isinstance(rule, Mroute) and rule.oifs:
+        text += " to " + " ".join(rule.oifs)
+    return text
+
+
 def pending_text(p: Pending) -> str:
+    """SMCRoute's words, exactly (smcrouted -F prints them as SMCRoute does)."""
     kind = "mroute" if isinstance(p.rule, Mroute) else "mgroup"
     return f"{kind} from {p.rule.iif} group {p.rule.group} pending: interface not available"
 
@@ -241,15 +263,19 @@ class CoreState:
 
     def _pending_notes(self, before: list[Pending], after: list[Pending]) -> None:
         old = set(before)
-        new = set(after)
+        waiting = {self.lines.identity(p.rule) for p in after}
         for p in after:
             if p not in old:
                 self._log("notice", pending_text(p))
         for p in before:
-            if p not in new and p.rule in self.lines.of(p.rule):
-                kind = "mroute" if isinstance(p.rule, Mroute) else "mgroup"
-                self._log("notice", f"Activated pending {kind} from {p.rule.iif}"
-                                    f" group {p.rule.group}")
+            # activated: still configured (the line, wherever it is now) and
+            # no longer waiting; a line that went away is not "activated"
+            now = self.lines.of(p.rule)
+            if now and self.lines.identity(p.rule) not in waiting:
+                rule = now[0]
+                assert isinstance(rule, Mroute | Mgroup)
+                where = f"{rule.where}: " if rule.where.line else ""
+                self._log("notice", f"{where}Activated pending {rule_text(rule)}")
 
     def _adopt(self, plan: Plan, cause: str, job: Job | None) -> None:
         """A new plan of the whole configuration (reload, interfaces)."""

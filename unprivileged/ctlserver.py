@@ -22,6 +22,8 @@ tasks per connection cost more than the request itself.
 from __future__ import annotations
 
 import asyncio
+import functools
+import pwd
 import socket
 import struct
 from collections import Counter
@@ -56,7 +58,16 @@ def peer_of(sock: socket.socket) -> Peer:
         groups = struct.unpack(f"{len(raw) // 4}I", raw)
     except OSError:  # more groups than that (ERANGE): ask /proc, the same list
         groups = _proc_groups(pid)
-    return Peer(uid, gid, pid, tuple(groups))
+    return Peer(uid, gid, pid, tuple(groups), user_name(uid))
+
+
+@functools.lru_cache(maxsize=256)
+def user_name(uid: int) -> str:
+    """The uid's name, for refusals (cached: a flood asks again and again)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
 
 
 def _proc_groups(pid: int) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
 LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",
-            "readonly-group=", "log-json", "default-user=")
+            "readonly-group=", "log-json", "default-user=", "help", "version")
 PROG = "smcrouted"
 EX_USAGE = 64
 
@@ -178,8 +178,11 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
             opts = replace(opts, table=table)
         case "-u":
             opts = replace(opts, sock=value)
-        case "-v":
+        case "-v" | "--version":
             sys.stdout.write(texts.version_text())
+            raise Exit(0)
+        case "--help":  # -h is SMCRoute's text exactly; --help adds our long options
+            sys.stdout.write(usage(opts) + texts.SMCROUTED_LONG_USAGE)
             raise Exit(0)
         case "--log-json":
             opts = replace(opts, log_json=True)

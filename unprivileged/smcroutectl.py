@@ -96,6 +96,28 @@ def command_help(row: tuple[str, int, str, str]) -> str:
 
 # -- connection -----------------------------------------------------------
 
+def who_may(path: str) -> str:
+    """Why a connect was refused, and who may connect: the socket file's
+    owner and group (names, not numbers), and how to get in."""
+    import grp
+    import pwd
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"Permission denied connecting to daemon at {path}"
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return (f"Permission denied connecting to daemon at {path}: root, user {user} and"
+            f" members of group {group} may; ask to be added to group {group}")
+
+
 def connect(settings: Settings) -> _socket.socket:
     path = settings.path
     for attempt in range(RETRIES):
@@ -108,11 +130,12 @@ def connect(settings: Settings) -> _socket.socket:
             if exc.errno == errno.ECONNREFUSED and attempt + 1 < RETRIES:
                 time.sleep(0.1)
                 continue
-            if exc.errno == errno.ENOENT and settings.sock is None:
-                raise Failure(f"Cannot find IPC socket {path}\n"
-                              "Daemon may be running with another -i NAME") from None
+            if exc.errno == errno.ENOENT:
+                raise Failure(f"Cannot find IPC socket {path}\n" + (
+                    "Daemon may be running with another -i NAME" if settings.sock is None
+                    else f"Failed connecting to daemon: {exc.strerror}")) from None
             if exc.errno in (errno.EACCES, errno.EPERM):
-                raise Failure("Need root privileges to connect to daemon") from None
+                raise Failure(who_may(path)) from None
             if exc.errno == errno.ECONNREFUSED:
                 raise Failure("Daemon not running") from None
             raise Failure(f"Failed connecting to daemon: {exc.strerror}") from None

@@ -140,6 +140,15 @@ def privileged() -> bool:
                                            prctl.CAP_SETPCAP))
 
 
+def group_name(gid: int | None) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name if gid is not None else ""
+    except KeyError:
+        return ""
+
+
 def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any] | None:
     """Bind the control socket while still root: owner the -p user, group the
     socket group, mode 0660 (0666 when a read-only group needs to connect:
@@ -150,7 +159,8 @@ def control_socket(opts: options.Options, log: Any) -> tuple[socket.socket, Any]
     uid = user.uid if user else os.getuid()
     gid = user.gid if user else os.getgid()
     group = opts.socket_group if opts.socket_group is not None else gid
-    access = Access(uid, group, opts.readonly_group)
+    access = Access(uid, group, opts.readonly_group, group_name(group),
+                    group_name(opts.readonly_group))
     path = opts.sock_path
     if len(path.encode()) > 107:
         log.warning(f"Too long socket path {path}, max 108 chars: client disabled")
@@ -214,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
     level = parse_level(opts.log_level) if opts.log_level else PRIORITY["notice"]
     if not privileged():
-        real_log(opts, level).err("Need root privileges to start smcrouted")
+        real_log(opts, level).err("Need root privileges to start smcrouted (or the"
+                                  " capabilities CAP_NET_ADMIN, CAP_NET_RAW and"
+                                  " CAP_SETPCAP, as the systemd unit gives them)")
         return EX_NOPERM
     # Nothing the starter left open (a pipe, a socket, a file of root's)
     # lives on in a daemon: one close_range(2) call.

@@ -49,6 +49,21 @@ Options:
 """
 
 
+SMCROUTED_LONG_USAGE = """Long options (smcroute-py; -h shows SMCRoute's options only):
+  --default-user NAME        Without -p, started as root, run as NAME (default:
+                             smcroute); none such: uid 0, confined
+  --socket-group GROUP       Full access to the control socket (default: -p group)
+  --readonly-group GROUP     Members may use smcroutectl show only
+  --max-learned N            Learned (*,G) routes in all, default 50000
+  --max-learned-per-rule N   Learned routes per (*,G) rule, default 20000
+  --upcall-rate N            Kernel upcalls handled per second, default 10000
+  --log-json                 Log JSON lines instead of text
+  --help                     This help text
+  --version                  Same as -v
+
+"""
+
+
 SMCROUTECTL_USAGE = """Usage:
   smcroutectl [OPTIONS] CMD [ARGS]
 

@@ -171,8 +171,10 @@ def test_route_with_late_inbound_interface_forwards(topo, smcrouted):
                               mfc_entry(link.peer_ip6, "ff0e::10:1", "r-t", ["r-a"])}
     assert pending(d) == []
     log = d.log()
-    assert "Activated pending mroute from r-t group 225.10.1.1" in log
-    assert "Activated pending mroute from r-t group ff0e::10:1" in log
+    assert (f"{d.conf} line 1: Activated pending mroute from r-t source 10.0.10.2"
+            " group 225.10.1.1 to r-a") in log
+    assert (f"{d.conf} line 2: Activated pending mroute from r-t source fd00:a::2"
+            " group ff0e::10:1 to r-a") in log
 
     wait_links_ready([(topo.router, "r-t"), (topo.ns["T"], "t-r")])
     for group in ("225.10.1.1", "ff0e::10:1"):
@@ -207,7 +209,8 @@ def test_route_with_late_outbound_interface_forwards(topo, smcrouted):
     assert mfc_both(topo) == {mfc_entry(SRC[V4], "225.10.2.1", "r-s", ["r-a", "r-u"]),
                               mfc_entry(SRC[V6], "ff0e::10:2", "r-s", ["r-a", "r-u"])}
     assert pending(d) == []
-    assert "Activated pending mroute from r-s group 225.10.2.1" in d.log()
+    assert "Activated pending mroute from r-s source 10.0.1.2 group 225.10.2.1 to r-a r-u" \
+        in d.log()
 
     wait_links_ready([(topo.router, "r-u"), (topo.ns["U"], "u-r")])
     for group in ("225.10.2.1", "ff0e::10:2"):

@@ -703,7 +703,8 @@ def test_kill_stops_the_daemon(topo, smcrouted):
     assert not d.sock.exists()
     res = ctl(d, "show")
     assert (res.status, res.err) == (
-        1, "smcroutectl: Failed connecting to daemon: No such file or directory\n")
+        1, f"smcroutectl: Cannot find IPC socket {d.sock}\n"
+           "smcroutectl: Failed connecting to daemon: No such file or directory\n")
 
 
 # -- 5. access by group -----------------------------------------------------------------
@@ -783,7 +784,10 @@ def test_access_by_group(topo, smcrouted, accounts):
     for words in (["add", "r-s", SRC, "225.3.2.1", "r-b"], ["remove", "r-s", SRC, "225.3.2.1"],
                   ["flush"], ["reload"], ["kill"]):
         res = fails(d, *words, user=acc.ro_user)
-        assert "Permission denied" in res.err, str(res)
+        assert res.err == (f"smcroutectl: Permission denied: user {acc.ro_user} may only use"
+                           f" show (a member of the read-only group {acc.ro_group});"
+                           f" {words[0]} needs root or a member of group {acc.full_group}\n"
+                           ), str(res)
     assert mfc4(topo) == before
 
     # neither group: not even show (that the reason always reaches the
@@ -791,7 +795,9 @@ def test_access_by_group(topo, smcrouted, accounts):
     for words in (["show"], ["add", "r-s", SRC, "225.3.2.1", "r-b"], ["kill"]):
         res = ctl(d, *words, user=acc.other_user)
         assert res.status == 1 and "Traceback" not in res.err, str(res)
-        assert res.err == "" or "Permission denied" in res.err, str(res)
+        assert res.err in ("", f"smcroutectl: Permission denied: user {acc.other_user} is neither"
+                           f" root nor a member of group {acc.full_group}; ask to be added to"
+                           " it\n"), str(res)
 
     # socket group: everything
     ok(d, "add", "r-s", SRC, "225.3.2.1", "r-b", user=acc.full_user)
@@ -861,7 +867,9 @@ def test_socket_group_without_read_only_group(topo, smcrouted, accounts):
     # the file mode already keeps the others out
     for user in (acc.ro_user, acc.other_user):
         res = fails(d, "show", user=user)
-        assert res.err == "smcroutectl: Need root privileges to connect to daemon\n", str(res)
+        assert res.err == (f"smcroutectl: Permission denied connecting to daemon at {d.sock}:"
+                           f" root, user nobody and members of group {acc.full_group} may;"
+                           f" ask to be added to group {acc.full_group}\n"), str(res)
     ok(d, "show")  # root
 
 

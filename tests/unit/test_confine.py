@@ -145,7 +145,8 @@ def test_slots_are_kept_for_root_the_daemon_user_and_the_admin_group() -> None:
     assert srv.admit(Peer(0, 0, 1)) is None and srv.admit(Peer(999, 999, 1)) is None
     assert srv.admit(Peer(4000, 50, 1)) is None  # the admin group
     assert srv.admit(Peer(5000, 5000, 1)) == (
-        "Permission denied: uid 5000 is neither root nor a member of group 50")
+        "Permission denied: uid 5000 is neither root nor a member of group 50;"
+        " ask to be added to it")
 
 
 def test_a_uid_holds_at_most_per_uid_slots_but_root_and_the_daemon_more() -> None:

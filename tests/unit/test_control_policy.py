@@ -78,7 +78,16 @@ def test_read_only_is_show_only():
 def test_refusal_names_the_group():
     reason = authorize(peer(1002, OTHER_GID), ACCESS, "show")
     assert reason == (f"Permission denied: uid 1002 is neither root nor a member of"
-                      f" group {FULL_GID}")
+                      f" group {FULL_GID}; ask to be added to it")
+    named = Access(ACCESS.daemon_uid, FULL_GID, RO_GID, "smcadmin", "smcview")
+    alice = Peer(1002, OTHER_GID, 7, (), "alice")
+    assert authorize(alice, named, "show") == (
+        "Permission denied: user alice is neither root nor a member of group smcadmin;"
+        " ask to be added to it")
+    bob = Peer(1001, RO_GID, 8, (), "bob")
+    assert authorize(bob, named, "add") == (
+        "Permission denied: user bob may only use show (a member of the read-only group"
+        " smcview); add needs root or a member of group smcadmin")
 
 
 def test_without_read_only_group_nobody_is_read_only():

@@ -309,6 +309,19 @@ def test_the_inbound_interface_may_be_an_outbound_one() -> None:
 # -- interfaces that come and go ----------------------------------------------------------------
 
 
+def test_a_pending_line_a_reload_removed_is_not_activated() -> None:
+    h = Harness("mroute from w1 source 10.0.0.1 group 225.1.1.1 to a2\n")
+    ifs = {**h.ifs, **interfaces("w1", start=20)}
+    # the line goes as its interface comes: nothing was activated
+    h.reload("mroute from a1 source 10.0.0.1 group 225.1.1.2 to a2\n", ifs)
+    assert not [t for t in h.logs() if "Activated" in t]
+    # a pending line that moved to another line number is activated, there
+    h2 = Harness("mroute from w1 source 10.0.0.1 group 225.1.1.1 to a2\n")
+    h2.reload("phyint a1 enable\nmroute from w1 source 10.0.0.1 group 225.1.1.1 to a2\n", ifs)
+    assert [t for t in h2.logs() if "Activated" in t] == [
+        f"{FILE} line 2: Activated pending mroute from w1 source 10.0.0.1 group 225.1.1.1 to a2"]
+
+
 def test_pending_lines_activate_and_go_back() -> None:
     h = Harness("mroute from w1 source 10.0.0.1 group 225.1.1.1 to a2\n"
                 "mroute from a1 source 10.0.0.1 group 225.1.1.2 to w1 a2\n")
@@ -317,7 +330,8 @@ def test_pending_lines_activate_and_go_back() -> None:
     ifs = {**h.ifs, **interfaces("w1", start=20)}
     h.links(ifs)
     h.check_settled()
-    assert "Activated pending mroute from w1 group 225.1.1.1" in h.logs("notice")
+    assert (f"{FILE} line 1: Activated pending mroute from w1 source 10.0.0.1"
+            " group 225.1.1.1 to a2") in h.logs("notice")
     assert len(h.kernel_mfc()) == 2
     h.links({n: i for n, i in ifs.items() if n != "w1"})
     h.check_settled()

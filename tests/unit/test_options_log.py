@@ -9,7 +9,7 @@ import pytest
 from smcroute.unprivileged import options, texts
 from smcroute.unprivileged.cmdline import atoi
 from smcroute.unprivileged.levels import parse_level
-from smcroute.unprivileged.options import Exit, Options, parse
+from smcroute.unprivileged.options import LONGOPTS, Exit, Options, parse
 
 VERSION_TEXT = """SMCRoute v2.6.1-dev
 
@@ -212,6 +212,16 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert out == USAGE_DEFAULT
     assert out == texts.smcrouted_usage("/etc/smcroute.conf", "smcroute",
                                         "/var/run/smcroute.pid", "/var/run/smcroute.sock")
+
+
+def test_long_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = exits(["--help"], capsys)
+    assert (status, err) == (0, "")
+    assert out == USAGE_DEFAULT + texts.SMCROUTED_LONG_USAGE  # -h's text, then ours
+    for option in LONGOPTS:
+        assert f"  --{option.rstrip('=')} " in out, option
+    status, out, err = exits(["--version"], capsys)
+    assert (status, out, err) == (0, texts.version_text(), "")
 
 
 def test_help_shows_paths_seen_so_far(capsys: pytest.CaptureFixture[str]) -> None:

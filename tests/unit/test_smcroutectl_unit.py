@@ -6,8 +6,10 @@ scripted fake daemon on a socket in tmp_path. No root needed.
 from __future__ import annotations
 
 import contextlib
+import grp
 import io
 import os
+import pwd
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -223,7 +225,8 @@ def test_main_not_enough_arguments(capsys):
 def test_main_missing_socket_with_u(capsys, tmp_path):
     path = tmp_path / "none.sock"
     assert run_main(capsys, ["-u", str(path), "show"]) == (
-        1, "", "smcroutectl: Failed connecting to daemon: No such file or directory\n")
+        1, "", f"smcroutectl: Cannot find IPC socket {path}\n"
+               "smcroutectl: Failed connecting to daemon: No such file or directory\n")
 
 
 def test_main_missing_socket_with_identity(capsys):
@@ -254,8 +257,12 @@ def test_main_eacces(capsys, tmp_path):
         s.bind(str(path))
         s.listen(1)
         path.chmod(0)
+        me = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
         assert run_main(capsys, ["-u", str(path), "show"]) == (
-            1, "", "smcroutectl: Need root privileges to connect to daemon\n")
+            1, "", f"smcroutectl: Permission denied connecting to daemon at {path}: root,"
+                   f" user {me} and members of group {group} may; ask to be added to group"
+                   f" {group}\n")
 
 
 # -- against a scripted fake daemon ---------------------------------------
