@@ -17,10 +17,13 @@ for pkg in libcap-dev python3-venv python3-dev gcc iproute2 man-db groff-base sy
            libseccomp2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
+# Another apt (unattended-upgrades on a fresh machine) may hold the dpkg
+# lock: wait for it, up to 10 minutes, instead of failing at once.
+apt_wait=(-o DPkg::Lock::Timeout=600 -o APT::Lock::Timeout=600)
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    apt-get "${apt_wait[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq "${need[@]}" >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -29,7 +32,8 @@ if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
 fi
-# A plain (non-editable) install: the daemon runs from the venv only.
-"$venv/bin/pip" install -q "$here[test]"
+# A plain (non-editable) install: the daemon runs from the venv only. No
+# test tools in it: scripts/test.sh adds them where it runs the tests.
+"$venv/bin/pip" install -q "$here"
 chmod -R a+rX "$venv"
 echo "$venv"

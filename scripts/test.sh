@@ -5,6 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
+"$venv/bin/pip" install -q "$here[test]"  # the test tools, beside the production install
 cd "$here"
 "$venv/bin/ruff" check .
 cov=()

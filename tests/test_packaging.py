@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parent.parent / "packaging/systemd/smcroute.service"
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "packaging/systemd/smcroute.service"
 MAX_EXPOSURE = 2.0
 
 
@@ -35,3 +37,22 @@ def test_unit_runs_unprivileged_with_only_the_start_capabilities() -> None:
     assert "smcroutectl" in settings["ExecReload"] and "reload" in settings["ExecReload"]
     assert "/etc/default/smcroute" in settings["EnvironmentFile"]
     assert "$SMCROUTED_OPTS" in settings["ExecStart"] and "$SMCROUTED_ARGS" in settings["ExecStart"]
+
+
+def test_install_system_honours_the_venv_and_the_prefix(tmp_path: Path) -> None:
+    venv = tmp_path / "elsewhere" / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for tool in ("smcrouted", "smcroutectl"):  # what the script checks for
+        (venv / "bin" / tool).write_text("#!/bin/sh\n")
+        (venv / "bin" / tool).chmod(0o755)
+    dest = tmp_path / "root"
+    env = {**os.environ, "SMCROUTE_VENV": str(venv), "PREFIX": "/usr", "DESTDIR": str(dest)}
+    subprocess.run(["bash", str(REPO / "scripts/install-system.sh")], env=env, check=True,
+                   capture_output=True, timeout=60)
+    unit = (dest / "usr/lib/systemd/system/smcroute.service").read_text()
+    assert f"ExecStart={venv}/bin/smcrouted " in unit and "/opt/smcroute-py" not in unit
+    assert not (dest / "etc/systemd").exists()
+    for path in ("usr/lib/sysusers.d/smcroute.conf", "usr/lib/tmpfiles.d/smcroute.conf",
+                 "usr/share/man/man8/smcrouted.8", "etc/default/smcroute", "etc/smcroute.conf"):
+        assert (dest / path).is_file(), path
+    assert os.readlink(dest / "usr/sbin/smcrouted") == str(venv / "bin/smcrouted")

@@ -85,7 +85,8 @@ def test_rules_grant_writes_only_to_runtime_files() -> None:
 
 @pytest.mark.parametrize("run", ["/run", "/var/run", "/tmp"])
 def test_rules_never_grant_removal_in_a_shared_directory(run: str) -> None:
-    opts = Options(pidfile=f"{run}/smcroute.pid", sock=f"{run}/smcroute.sock")
+    name = f"smcpy-test-{os.getpid()}"  # (no such file: nothing to resolve through)
+    opts = Options(pidfile=f"{run}/{name}.pid", sock=f"{run}/{name}.sock")
     assert not [p for p, r in confine.rules(opts, []) if r & confine.REMOVE_FILE]
 
 
