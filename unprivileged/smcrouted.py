@@ -268,7 +268,7 @@ def run(opts: options.Options, level: int,
         identity_note: tuple[str, str] | None = None) -> int:
     """Everything after the helper is spawned; logs go to log until the
     initial routes are in, then to the real logger."""
-    log.notice(f"{texts.PACKAGE} v{texts.VERSION}")
+    log.notice(f"{texts.PACKAGE} v{texts.VERSION} ({texts.COMPATIBLE} compatible)")
     if identity_note:
         getattr(log, identity_note[0])(identity_note[1])
     if opts.startup_delay:

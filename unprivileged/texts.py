@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-VERSION = "2.6.1-dev"
-PACKAGE = "SMCRoute"
-BUGS = "https://github.com/troglobit/smcroute/issues"
-HOMEPAGE = "https://github.com/troglobit/smcroute/"
+PACKAGE = "smcroute-py"
+VERSION = "0.1.0"  # pyproject.toml's (a test keeps them equal)
+COMPATIBLE = "SMCRoute 2.6"  # whose command lines, smcroute.conf and output it keeps
+UPSTREAM = "https://github.com/troglobit/smcroute/"
 SYSCONFDIR = "/etc"
 RUNSTATEDIR = "/var/run"
 DEFAULT_IDENT = "smcroute"
 
 
 def version_text() -> str:
-    return (f"{PACKAGE} v{VERSION}\n\n"
-            f"Bug report address: {BUGS}\n"
-            f"Project homepage:   {HOMEPAGE}\n")
+    # (SMCRoute's own test suite does not read this text)
+    return (f"{PACKAGE} v{VERSION}, a reimplementation of {COMPATIBLE}\n\n"
+            f"Bug reports: to smcroute-py's maintainers (README.md, SECURITY.md),\n"
+            f"             not to SMCRoute's tracker\n"
+            f"SMCRoute:    {UPSTREAM}\n")
 
 
 def smcrouted_usage(conf: str, ident: str, pidfile: str, sock: str) -> str:

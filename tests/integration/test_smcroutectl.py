@@ -642,7 +642,7 @@ def test_batch_mixed_with_show_and_help(topo, smcrouted):
     assert res.status == 1, str(res)
     assert "smcroutectl: Not enough arguments to command add" in res.err
     assert "Help:\n  Add a multicast route\n" in res.out
-    assert "SMCRoute v" in res.out
+    assert "smcroute-py v" in res.out
     rows = [ln for ln in res.out.splitlines() if "225.8.8.8" in ln]
     assert len(rows) == 2, res.out  # (S,G) rule and kernel entry, shown after the add
     assert sg("225.8.8.8", "r-b") in mfc4(topo)

@@ -151,6 +151,6 @@ def test_first_offending_option_decides(argv: list[str], code: int, stderr: str 
     if code == 64 or argv[0] in ("-h", "w"):
         assert out.startswith("Usage:\n  smcrouted ")
     elif argv[0] == "-v":
-        assert out.startswith("SMCRoute v")
+        assert out.startswith("smcroute-py v")
     else:
         assert out == ""

@@ -11,10 +11,11 @@ from smcroute.unprivileged.cmdline import atoi
 from smcroute.unprivileged.levels import parse_level
 from smcroute.unprivileged.options import LONGOPTS, Exit, Options, parse
 
-VERSION_TEXT = """SMCRoute v2.6.1-dev
+VERSION_TEXT = """smcroute-py v0.1.0, a reimplementation of SMCRoute 2.6
 
-Bug report address: https://github.com/troglobit/smcroute/issues
-Project homepage:   https://github.com/troglobit/smcroute/
+Bug reports: to smcroute-py's maintainers (README.md, SECURITY.md),
+             not to SMCRoute's tracker
+SMCRoute:    https://github.com/troglobit/smcroute/
 """
 
 USAGE_HEAD = ("Usage:\n"
@@ -245,6 +246,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = exits(["-v"], capsys)
     assert (status, out, err) == (0, VERSION_TEXT, "")
     assert texts.version_text() == VERSION_TEXT
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert project["project"]["version"] == texts.VERSION
     status, out, _ = exits(["-i", "x", "-v", "-h"], capsys)
     assert (status, out) == (0, VERSION_TEXT)
 
