@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything (scripts/setup.sh) and run the whole test suite: lint,
 # unit tests, and -- as root -- the network-namespace integration tests. A
-# whole run also checks that the unit tests cover the daemon core (>= 90%).
+# whole run also checks that the unit tests cover the daemon core (>= 90%),
+# and runs the unit tests again against Debian 12's builds of the
+# dependencies (scripts/test-debian-deps.sh; the main run has PyPI's newest).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
@@ -17,4 +19,9 @@ if (($# == 0)); then
     done
     cov+=(--cov-report=term --cov-fail-under=90)
 fi
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${cov[@]}" "$@"
+if (($# == 0)); then
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${cov[@]}"
+    # and the unit tests once more, against Debian 12's builds of the dependencies
+    exec bash "$here/scripts/test-debian-deps.sh"
+fi
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
