@@ -86,9 +86,17 @@ def rule_text(rule: Mroute | Mgroup) -> str:
 
 
 def pending_text(p: Pending) -> str:
-    """SMCRoute's words, exactly (smcrouted -F prints them as SMCRoute does)."""
+    """SMCRoute's words, exactly: smcrouted -F prints them as SMCRoute's
+    verified output does (SPEC 1.3)."""
     kind = "mroute" if isinstance(p.rule, Mroute) else "mgroup"
     return f"{kind} from {p.rule.iif} group {p.rule.group} pending: interface not available"
+
+
+def pending_note(p: Pending) -> str:
+    """The daemon's notice: where the line is, all of it, and SMCRoute's
+    words for waiting (a grep for them still finds it)."""
+    where = f"{p.rule.where}: " if p.rule.where.line else ""
+    return f"{where}{rule_text(p.rule)} pending: interface not available"
 
 
 class CoreState:
@@ -266,7 +274,7 @@ class CoreState:
         waiting = {self.lines.identity(p.rule) for p in after}
         for p in after:
             if p not in old:
-                self._log("notice", pending_text(p))
+                self._log("notice", pending_note(p))
         for p in before:
             # activated: still configured (the line, wherever it is now) and
             # no longer waiting; a line that went away is not "activated"

@@ -10,7 +10,7 @@ from smcroute.policy.control import Peer
 from smcroute.unprivileged import groups, show
 from smcroute.unprivileged.commands import IPC, CommandError, edit
 from smcroute.unprivileged.config import parse_address
-from smcroute.unprivileged.corestate import EDITS, CoreState, Job, pending_text
+from smcroute.unprivileged.corestate import EDITS, CoreState, Job, pending_note
 from smcroute.unprivileged.effects import Answer, Effect, Stop
 from smcroute.unprivileged.engine import match
 from smcroute.unprivileged.model import Interface, MfcKey, Mgroup, Mroute
@@ -121,7 +121,7 @@ class Requests(CoreState):
         del plan.diagnostics[said:]  # (edits must not grow the plan)
         changes = plan.take_changes()
         for p in changes.pending:
-            self._log("notice", pending_text(p))
+            self._log("notice", pending_note(p))
         keys = flows.rematch(plan, flows.at(changes.inbound) | {k for k in changes.mfc
                                                                 if k in flows.flows})
         keys |= changes.mfc

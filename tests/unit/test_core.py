@@ -325,7 +325,8 @@ def test_a_pending_line_a_reload_removed_is_not_activated() -> None:
 def test_pending_lines_activate_and_go_back() -> None:
     h = Harness("mroute from w1 source 10.0.0.1 group 225.1.1.1 to a2\n"
                 "mroute from a1 source 10.0.0.1 group 225.1.1.2 to w1 a2\n")
-    assert "mroute from w1 group 225.1.1.1 pending: interface not available" in h.logs()
+    assert (f"{FILE} line 1: mroute from w1 source 10.0.0.1 group 225.1.1.1 to a2 pending:"
+            " interface not available") in h.logs()
     assert h.kernel_mfc() == {key(S, "225.1.1.2"): (0, ((1, 1),))}
     ifs = {**h.ifs, **interfaces("w1", start=20)}
     h.links(ifs)
@@ -425,7 +426,8 @@ def test_pending_edit_lines() -> None:
     h = Harness(BASE)
     (r,) = h.ctl("add", "a1", S, "225.7.7.7", "a2", "w9")
     assert r["ok"]
-    assert "mroute from a1 group 225.7.7.7 pending: interface not available" in h.logs()
+    assert ("mroute from a1 source 10.0.0.1 group 225.7.7.7 to a2 w9 pending: interface not"
+            " available") in h.logs()  # (an smcroutectl line: no file, no line number)
     assert "w9" in h.show("pending")
     h.ctl("remove", "a1", S, "225.7.7.7", "w9")
     assert h.show("pending").startswith("No pending")
@@ -661,11 +663,20 @@ def test_a_renamed_interface_keeps_its_slots_and_takes_the_name() -> None:
     h.check_settled()
 
 
+def test_a_pending_note_names_its_line_and_keeps_the_source() -> None:
+    h = Harness("phyint a1 enable\nmgroup from virbr0 source 192.168.123.110 group 225.1.2.4\n")
+    assert h.logs("notice") == [
+        f"{FILE} line 2: mgroup from virbr0 source 192.168.123.110 group 225.1.2.4 pending:"
+        " interface not available"]
+
+
 def test_new_pending_lines_are_noted_once() -> None:
     text = "mroute from zz0 group 225.1.2.3 to a1\nmroute from a1 group 225.1.2.4 to zz1"
     h = Harness(text)
-    notes = ["mroute from zz0 group 225.1.2.3 pending: interface not available",
-             "mroute from a1 group 225.1.2.4 pending: interface not available"]
+    notes = [f"{FILE} line 1: mroute from zz0 group 225.1.2.3 to a1 pending: interface not"
+             " available",
+             f"{FILE} line 2: mroute from a1 group 225.1.2.4 to zz1 pending: interface not"
+             " available"]
     assert h.logs("notice") == notes
     assert [p.inbound for p in h.core.plan.pending] == [True, False]
     h.links(h.ifs)  # the same again: nothing new
