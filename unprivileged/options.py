@@ -143,8 +143,8 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
             opts = replace(opts, conf=value)
         case "-F":
             opts = replace(opts, conf=value, verify=True)
-        case "-h":
-            sys.stdout.write(usage(opts))
+        case "-h" | "--help":  # SMCRoute's text, exactly, then our long options
+            sys.stdout.write(usage(opts) + texts.SMCROUTED_LONG_USAGE)
             raise Exit(0)
         case "-i" | "-I":
             opts = replace(opts, ident=value)
@@ -180,9 +180,6 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
             opts = replace(opts, sock=value)
         case "-v" | "--version":
             sys.stdout.write(texts.version_text())
-            raise Exit(0)
-        case "--help":  # -h is SMCRoute's text exactly; --help adds our long options
-            sys.stdout.write(usage(opts) + texts.SMCROUTED_LONG_USAGE)
             raise Exit(0)
         case "--log-json":
             opts = replace(opts, log_json=True)

@@ -51,7 +51,7 @@ Options:
 """
 
 
-SMCROUTED_LONG_USAGE = """Long options (smcroute-py; -h shows SMCRoute's options only):
+SMCROUTED_LONG_USAGE = """Long options (smcroute-py's own):
   --default-user NAME        Without -p, started as root, run as NAME (default:
                              smcroute); none such: uid 0, confined
   --socket-group GROUP       Full access to the control socket (default: -p group)
