@@ -121,22 +121,23 @@ class ControlServer:
             except OSError:
                 sock.close()
                 continue
-            if reason := self.admit(peer):
+            full = authorize(peer, self.access, "add") is None
+            if reason := self.admit(peer, full):
                 self.refused(peer, None, reason)
                 _refuse(sock, reason)
                 continue
-            client = _Client(self, sock, peer)
+            client = _Client(self, sock, peer, full)
             self.clients.add(client)
             self.per_uid[peer.uid] += 1
             self.shared += not client.full
             client.start()
 
-    def admit(self, peer: Peer) -> str | None:
-        """None if the peer may have a slot now, else why not."""
+    def admit(self, peer: Peer, full: bool) -> str | None:
+        """None if the peer (full: with full access) may have a slot now,
+        else why not."""
         access = self.access
         if not may_connect(peer, access):
             return authorize(peer, access, "") or "Permission denied"
-        full = authorize(peer, access, "add") is None
         if len(self.clients) >= MAX_CLIENTS or (not full and self.shared >= SHARED_CLIENTS) \
                 or (peer.uid not in (0, access.daemon_uid) and self.per_uid[peer.uid] >= PER_UID):
             return "too many clients, try again later"
@@ -160,10 +161,11 @@ def _refuse(sock: socket.socket, reason: str) -> None:
 
 
 class _Client:
-    def __init__(self, server: ControlServer, sock: socket.socket, peer: Peer) -> None:
+    def __init__(self, server: ControlServer, sock: socket.socket, peer: Peer,
+                 full: bool) -> None:
         self.server = server
         self.peer = peer
-        self.full = authorize(peer, server.access, "add") is None
+        self.full = full  # (else read-only: counted in ControlServer.shared)
         self.sock = sock
         self.loop = server.loop
         assert self.loop is not None

@@ -28,6 +28,7 @@ from smcroute.unprivileged.bootlog import DeferredLog
 
 EX_OSERR = 71
 EX_NOPERM = 77
+MAX_FD = 2**31 - 1  # close_range's end: every descriptor
 CHANNEL_BUFFER = 4 * 1024 * 1024
 GC_THRESHOLDS = (50_000, 20, 20)  # gen0 allocations, gen0 runs per gen1, gen1 runs per gen2
 
@@ -48,7 +49,6 @@ def daemonize() -> None:
 # sitecustomize runs as root; its sys.path is the standard library and
 # exactly the directories of its three dependencies, passed here, after the
 # standard library (nothing there can shadow a standard module).
-MAX_FD = 2**31 - 1
 HELPER_BOOT = ("import sys; n = int(sys.argv[1]); sys.path += sys.argv[2:2 + n];"
                " del sys.argv[1:2 + n]; from smcroute.privileged.__main__ import main;"
                " sys.exit(main(sys.argv[1:]))")

@@ -125,9 +125,13 @@ class Held:
         self.full = full
 
 
+def full_access(srv: ControlServer, peer: Peer) -> bool:
+    return peer.uid in (0, srv.access.daemon_uid) or peer.member(srv.access.group)
+
+
 def hold(srv: ControlServer, peer: Peer) -> None:
     """As _accept books an admitted client."""
-    full = peer.uid in (0, srv.access.daemon_uid) or peer.member(srv.access.group)
+    full = full_access(srv, peer)
     client = Held(peer, full)
     srv.clients.add(client)  # type: ignore[arg-type]
     srv.per_uid[peer.uid] += 1
@@ -139,13 +143,13 @@ def test_slots_are_kept_for_root_the_daemon_user_and_the_admin_group() -> None:
     readers = [Peer(2000 + i, 60, 1) for i in range(SHARED_CLIENTS)]
     for peer in readers:
         for _ in range(PER_UID if peer is readers[0] else 1):
-            if srv.admit(peer) is None:
+            if srv.admit(peer, full_access(srv, peer)) is None:
                 hold(srv, peer)
     assert srv.shared == SHARED_CLIENTS
-    assert srv.admit(Peer(3000, 60, 1)) == "too many clients, try again later"
-    assert srv.admit(Peer(0, 0, 1)) is None and srv.admit(Peer(999, 999, 1)) is None
-    assert srv.admit(Peer(4000, 50, 1)) is None  # the admin group
-    assert srv.admit(Peer(5000, 5000, 1)) == (
+    assert srv.admit(Peer(3000, 60, 1), False) == "too many clients, try again later"
+    assert srv.admit(Peer(0, 0, 1), True) is None and srv.admit(Peer(999, 999, 1), True) is None
+    assert srv.admit(Peer(4000, 50, 1), True) is None  # the admin group
+    assert srv.admit(Peer(5000, 5000, 1), False) == (
         "Permission denied: uid 5000 is neither root nor a member of group 50;"
         " ask to be added to it")
 
@@ -154,16 +158,16 @@ def test_a_uid_holds_at_most_per_uid_slots_but_root_and_the_daemon_more() -> Non
     srv = server(Access(daemon_uid=999, group=50))
     admin = Peer(4000, 50, 1)
     for _ in range(PER_UID):
-        assert srv.admit(admin) is None
+        assert srv.admit(admin, True) is None
         hold(srv, admin)
-    assert srv.admit(admin) == "too many clients, try again later"
+    assert srv.admit(admin, True) == "too many clients, try again later"
     for peer in (Peer(0, 0, 1), Peer(999, 999, 1)):
         for _ in range(PER_UID + 1):
-            assert srv.admit(peer) is None
+            assert srv.admit(peer, full_access(srv, peer)) is None
             hold(srv, peer)
     while len(srv.clients) < MAX_CLIENTS:
         hold(srv, Peer(0, 0, 1))
-    assert srv.admit(Peer(0, 0, 1)) == "too many clients, try again later"
+    assert srv.admit(Peer(0, 0, 1), True) == "too many clients, try again later"
 
 
 def test_released_slots_come_back() -> None:
