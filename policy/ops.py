@@ -83,7 +83,15 @@ def is_multicast(family: int, addr: bytes) -> bool:
 
 
 def source_problem(family: int, source: bytes) -> str | None:
-    """Why source cannot be a route's source address, if it cannot."""
+    """Why source cannot be a route's source address, if it cannot.
+
+    The zero source (0.0.0.0, ::) is accepted, for both families: add_mfc
+    with it is a kernel (*,G) entry (--kernel-star-g, and stop entries for
+    a whole group), which the kernel uses for every source of G arriving
+    on a VIF its TTLs mark, forwarding from its parent to the other marked
+    VIFs. It takes the same checks as any entry (a multicast group, so
+    never (*,*); VIFs we added; the MFC cap) and gives no more than the
+    per-source entries a controller may already install for G."""
     if is_multicast(family, source):
         return "source is a multicast address"
     if family == 4 and source == b"\xff\xff\xff\xff":

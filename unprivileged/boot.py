@@ -74,7 +74,8 @@ def settings(opts: Options, level: int) -> Settings:
     return Settings(opts.conf_path, not opts.no_vifs,
                     Limits(opts.max_learned, opts.max_learned_per_rule, opts.upcall_rate,
                            lifetime),
-                    opts.cache_timeout, opts.mrdisc_interval, level, script)
+                    opts.cache_timeout, opts.mrdisc_interval, level, script,
+                    opts.kernel_star_g)
 
 
 def perform(core: Core, effects: list[Effect], channel: BlockingChannel, pool: Pool,

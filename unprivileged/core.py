@@ -73,7 +73,8 @@ class Core(KernelEvents, Requests):
     def _load(self, config: Config, interfaces: Mapping[str, Interface], token: int | None,
               initial: bool) -> None:
         path = self.settings.conf_path
-        plan = Plan(interfaces, self.ledger.vifs.values(), self.settings.default_enable)
+        plan = Plan(interfaces, self.ledger.vifs.values(), self.settings.default_enable,
+                    self.settings.kernel_star_g)
         plan.fold(config.directives)
         diagnostics = [*config.diagnostics, *plan.diagnostics]
         for d in diagnostics:
@@ -130,7 +131,8 @@ class Core(KernelEvents, Requests):
         self.interfaces = dict(interfaces)
         if not self.configured:
             return
-        plan = Plan(self.interfaces, self.ledger.vifs.values(), self.settings.default_enable)
+        plan = Plan(self.interfaces, self.ledger.vifs.values(), self.settings.default_enable,
+                    self.settings.kernel_star_g)
         plan.fold(self.lines)
         for d in plan.diagnostics:  # only what this change brought
             if str(d) not in self._said:

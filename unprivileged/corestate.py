@@ -47,6 +47,7 @@ class Settings:
     mrdisc_interval: int = 20  # -m
     level: int = PRIORITY["notice"]  # what is logged decides what is formatted
     script: bool = False  # an -e script runs
+    kernel_star_g: bool = False  # --kernel-star-g
 
     @property
     def expiry_period(self) -> float:
@@ -108,7 +109,7 @@ class CoreState:
         self.level = s.level
         self.interfaces: dict[str, Interface] = dict(interfaces or {})
         self.lines = Lines()
-        self.plan = Plan(self.interfaces, (), s.default_enable)
+        self.plan = Plan(self.interfaces, (), s.default_enable, s.kernel_star_g)
         self.ledger = Ledger()
         self.flows = FlowTable(s.limits, verbose=self.level >= PRIORITY["info"])
         self.mrdisc = Schedule(s.mrdisc_interval)

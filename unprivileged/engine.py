@@ -252,9 +252,11 @@ class Plan:
     edits) stands for, kept by folding its lines in order."""
 
     def __init__(self, interfaces: Mapping[str, Interface], installed: VifTable | Iterable[Vif]
-                 = (), default_enable: bool = True) -> None:
+                 = (), default_enable: bool = True, kernel_star_g: bool = False) -> None:
         self.interfaces = interfaces
         self.default_enable = default_enable
+        self.kernel_star_g = kernel_star_g  # --kernel-star-g: see star_entries()
+        self.star: dict[MfcKey, Mfc] = {}  # kernel (*,G) entries, also in self.mfc
         self.vifs: dict[tuple[int, str], Vif] = {}
         self.slots = Slots(self.vifs, installed.values() if isinstance(installed, Mapping)
                            else installed)
@@ -268,6 +270,7 @@ class Plan:
         self.mrdisc: set[str] = set()  # interfaces with mrdisc on
         self.thresholds: dict[str, int] = {}
         self.changes = Changes()
+        self._star_done = False  # star entries worked out once at least
         self._seq = itertools.count()
         self._contrib: dict[MfcKey, list[Route]] = {}  # (S,G) routes per entry, in rule order
         self._templates: dict[tuple[int, str], list[Route]] = {}  # per inbound, in rule order
@@ -318,6 +321,18 @@ class Plan:
         return None
 
     def take_changes(self) -> Changes:
+        if self.kernel_star_g and (self.changes.inbound or self.slots.changed
+                                   or not self._star_done):
+            self._star_done = True
+            star = star_entries(self)
+            for key in self.star.keys() | star.keys():
+                if self.star.get(key) != star.get(key) and key not in self._contrib:
+                    self.changes.mfc.add(key)
+                    if key in star:
+                        self.mfc[key] = star[key]
+                    else:
+                        self.mfc.pop(key, None)
+            self.star = star
         changes, self.changes = self.changes, Changes()
         changes.vifs, self.slots.changed = self.slots.changed, False
         return changes
@@ -665,6 +680,74 @@ class Plan:
 
 
 def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTable | Iterable[Vif]
-         = (), default_enable: bool = True) -> Plan:
+         = (), default_enable: bool = True, kernel_star_g: bool = False) -> Plan:
     """The fold of a whole configuration, keeping installed VIF slots stable."""
-    return Plan(interfaces, installed, default_enable).fold(config.directives)
+    return Plan(interfaces, installed, default_enable, kernel_star_g).fold(config.directives)
+
+
+# -- kernel (*,G) entries ---------------------------------------------------------------
+
+def zero(family: int) -> bytes:
+    """The source of a kernel (*,G) entry: 0.0.0.0 or ::."""
+    return bytes(4 if family == 4 else 16)
+
+
+def is_star(key: MfcKey) -> bool:
+    return not any(key.source)
+
+
+def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
+    """The kernel (*,G) entries of --kernel-star-g: for each source-less rule
+    with an exact group, an entry (0, G) whose parent is its inbound VIF and
+    whose TTLs mark the inbound and the outbound VIFs. The kernel uses it for
+    traffic that arrives on a marked VIF when it has no (S,G) entry: from the
+    parent it forwards to the others (never back to the parent), from another
+    marked VIF it drops it (wrong_if, a WRONGVIF upcall at most every 3 s).
+
+    So a rule becomes one only where that is what the upcall path would do:
+    it is the first template on its inbound interface to cover any source of
+    G, no template on an outbound interface covers G (their traffic would be
+    dropped, not routed), its inbound interface is not among its outbound
+    ones (an (S,G) entry forwards back out there, a (*,G) one does not), and
+    no earlier rule took G (the kernel holds one entry per (S,G), so also one
+    per (*,G)). The others keep the upcall path. Pure; O(templates)."""
+    exact: dict[tuple[int, str], dict[bytes, int]] = {}  # first seq per exact group
+    ranges: dict[tuple[int, str], list[tuple[int, int, int]]] = {}  # (seq, gnet, gmask)
+    candidates: list[Route] = []
+    for rule in p.template_rules.values():
+        r = rule.rule
+        whole = r.group.length == r.group.max_length
+        for route in rule.routes.values():
+            at = (route.family, route.iif)
+            if whole:
+                exact.setdefault(at, {}).setdefault(r.group.packed, rule.seq)
+                if r.source is None:
+                    candidates.append(route)
+            else:
+                gnet, gmask, _, _ = route.net
+                ranges.setdefault(at, []).append((rule.seq, gnet, gmask))
+
+    def covered(family: int, name: str, group: bytes, before: int | None) -> bool:
+        """Does a template on name (earlier than before, if given) cover group?"""
+        seq = exact.get((family, name), {}).get(group)
+        if seq is not None and (before is None or seq < before):
+            return True
+        g = int.from_bytes(group, "big")
+        return any(g & gmask == gnet and (before is None or s < before)
+                   for s, gnet, gmask in ranges.get((family, name), ()))
+
+    out: dict[MfcKey, Mfc] = {}
+    vifs = p.vifs
+    for route in sorted(candidates, key=lambda r: r.seq):
+        family, group = route.family, route.rule.group.packed
+        key = MfcKey(family, zero(family), group)
+        if (key in out or route.iif in route.oifs
+                or covered(family, route.iif, group, route.seq)
+                or any(covered(family, name, group, None) for name in route.oifs)):
+            continue
+        parent = vifs[(family, route.iif)].vif
+        marks = sorted([(parent, 1, route.iif)] + [(vifs[(family, n)].vif, ttl, n)
+                                                   for n, ttl in route.oifs.items()])
+        out[key] = Mfc(key, parent, tuple((v, t) for v, t, _ in marks), route.iif,
+                       tuple(n for _, _, n in marks), route.rule.where)
+    return out

@@ -110,8 +110,9 @@ class KernelEvents(CoreState):
                     if debug:
                         m = op.after
                         assert isinstance(m, Mfc)
+                        oifs = [n for n in m.oif_names if n != m.iif_name or any(key.source)]
                         self._log("debug", f"Add {sg(key)} from {m.iif_name} to"
-                                           f" {' '.join(m.oif_names) or '(none)'}")
+                                           f" {' '.join(oifs) or '(none)'}")
                     if isinstance(d, Decision) and not d.flow.stop:
                         self._installed(d)
                     continue

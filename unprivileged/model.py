@@ -188,7 +188,8 @@ def addr(packed: bytes) -> str:
 
 
 def sg(key: MfcKey) -> str:
-    return f"({addr(key.source)}, {addr(key.group)})"
+    """(S, G) as logs and show write it; a kernel (*,G) entry is (*, G)."""
+    return f"({addr(key.source) if any(key.source) else '*'}, {addr(key.group)})"
 
 
 @dataclass(frozen=True)

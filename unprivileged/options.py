@@ -20,7 +20,8 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
 LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",
-            "readonly-group=", "log-json", "default-user=", "help", "version")
+            "readonly-group=", "log-json", "default-user=", "kernel-star-g", "help",
+            "version")
 PROG = "smcrouted"
 EX_USAGE = 64
 
@@ -58,6 +59,7 @@ class Options:
     readonly_group: int | None = None  # may only "show"
     log_json: bool = False  # JSON lines instead of text
     default_user: str = "smcroute"  # run as this user without -p, where it exists
+    kernel_star_g: bool = False  # exact-group (*,G) rules as kernel (*,G) entries
     extra: tuple[str, ...] = field(default=())
 
     @property
@@ -183,6 +185,8 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
             raise Exit(0)
         case "--log-json":
             opts = replace(opts, log_json=True)
+        case "--kernel-star-g":
+            opts = replace(opts, kernel_star_g=True)
         case "--default-user":
             opts = replace(opts, default_user=value)
         case "--socket-group" | "--readonly-group":

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from smcroute.policy.limits import MAXVIFS
-from smcroute.unprivileged.engine import Route
+from smcroute.unprivileged.engine import Route, is_star
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.groups import text as grouptext
 from smcroute.unprivileged.model import (
@@ -56,7 +56,15 @@ def _rule_source(prefix: Prefix | None) -> str | None:
 
 
 def _oif_names(m: Mfc, names: Mapping[tuple[int, int], str]) -> list[str]:
-    return [names.get((m.key.family, vif), "") for vif, _ in m.oifs]
+    """The entry's outbound interfaces (a kernel (*,G) entry marks its
+    inbound VIF too, but never forwards there)."""
+    star = is_star(m.key)
+    return [names.get((m.key.family, vif), "") for vif, _ in m.oifs
+            if not (star and vif == m.iif)]
+
+
+def _kernel_source(m: Mfc) -> str | None:
+    return None if is_star(m.key) else addr(m.key.source)
 
 
 def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
@@ -88,10 +96,11 @@ def routes(view: RouteView, interfaces: Iterable[str], detail: bool,
                            view.oifs(r), key))
     if view.kernel:
         out += ["Kernel MFC Table_", heading]
-        ordered = [m for m in view.kernel if m.oifs] + [m for m in view.kernel if not m.oifs]
-        out += [row(_sg_text(addr(m.key.source), addr(m.key.group)),
-                    view.vif_names.get((m.key.family, m.iif), ""),
-                    _oif_names(m, view.vif_names), m.key) for m in ordered]
+        rows = [(m, _oif_names(m, view.vif_names)) for m in view.kernel]
+        ordered = [r for r in rows if r[1]] + [r for r in rows if not r[1]]
+        out += [row(_sg_text(_kernel_source(m), addr(m.key.group)),
+                    view.vif_names.get((m.key.family, m.iif), ""), oifs, m.key)
+                for m, oifs in ordered]
     return out
 
 
@@ -100,7 +109,7 @@ def routes_json(view: RouteView) -> list[str]:
         return {"source": _rule_source(r.rule.source), "group": str(r.rule.group),
                 "iif": r.iif, "oifs": view.oifs(r)}
 
-    kernel = [{"source": addr(m.key.source), "group": addr(m.key.group),
+    kernel = [{"source": _kernel_source(m), "group": addr(m.key.group),
                "iif": view.vif_names.get((m.key.family, m.iif), ""),
                "oifs": _oif_names(m, view.vif_names)} for m in view.kernel]
     return [_json({"routes": {"asm": [rule(r) for r in view.templates],

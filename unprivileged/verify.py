@@ -28,7 +28,8 @@ def check(opts: Options) -> tuple[list[Diagnostic], list[str]]:
     notes: list[str] = []
     if config.errors and any(d.where is None for d in config.errors):
         return problems, notes  # the file itself could not be read
-    target = engine.plan(config, read_interfaces(), {}, default_enable=not opts.no_vifs)
+    target = engine.plan(config, read_interfaces(), {}, default_enable=not opts.no_vifs,
+                         kernel_star_g=opts.kernel_star_g)
     problems += target.diagnostics
     for p in target.pending:
         if p.inbound:

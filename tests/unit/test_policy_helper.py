@@ -1526,3 +1526,23 @@ def test_mrdisc_error_reply_text() -> None:
         ops.execute(k, state, r)
     assert ops.execute(k, state, r) == {"id": 8, "ok": False, "errno": errno.EAGAIN,
                                         "error": "mrdisc rate limit of vif 5"}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_star_g_entries_are_add_mfc_with_a_zero_source_under_the_same_checks(
+        family: int) -> None:
+    """--kernel-star-g's entries: a zero source (0.0.0.0, ::) with a multicast
+    group, its inbound VIF among its TTLs; VIFs we added and the MFC cap as
+    for any entry. A (*,*) entry cannot be asked for: the group is checked."""
+    zero = bytes(limits.ADDR_LEN[family])
+    k, state = Kernel(), ops.State(max_mfc=1)
+    assert add_vif(k, state, 0, 2, family) is None
+    assert add_vif(k, state, 1, 3, family) is None
+    assert add_mfc(k, state, 0, [[0, 1], [1, 1]], family, zero) is None
+    assert k.mfc[(family, zero, valid("add_mfc", family)["group"])] == (0, ((0, 1), (1, 1)))
+    assert add_mfc(k, state, 0, [[0, 1], [2, 1]], family, zero) == errno.ENODEV
+    other = with_(valid("add_mfc", family), source=zero, group=V4_GRP[:3] + b"\x09"
+                  if family == 4 else V6_GRP[:15] + b"\x09", oifs=[[0, 1]])
+    assert reply_errno(ops.execute(k, state, other), other) == errno.ENOSPC
+    with pytest.raises(ops.Violation):
+        ops.parse(with_(valid("add_mfc", family), source=zero, group=zero))

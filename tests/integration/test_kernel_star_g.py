@@ -1,0 +1,192 @@
+"""--kernel-star-g: exact-group (*,G) rules as kernel (*,G) entries.
+
+Topology (conftest ``topo``): S --- R --- A, B, C; smcrouted runs in R.
+S has extra addresses on its link, so that one group gets traffic from
+several new sources. That no upcall happened is read from the kernel: it
+creates an unresolved (S,G) entry exactly when it sends a NOCACHE upcall,
+so a source that never shows in /proc/net/ip_mr_cache (resolved or not)
+never cost one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import time
+from contextlib import ExitStack
+
+import pytest
+
+from .netns import (
+    McastSender,
+    Receiver,
+    Ticker,
+    collect,
+    mfc_entry,
+    netns_available,
+    new_marker,
+    read_mfc,
+    read_mr_cache,
+    wait_for,
+)
+from .test_star_g import PORT, RECEIVERS, nothing_arrives, open_receivers, reload
+
+_ok, _why = netns_available()
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not _ok, reason=_why)]
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+FAMILIES = [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")]
+ZERO = {V4: "0.0.0.0", V6: "::"}
+GROUP = {V4: "225.30.0.1", V6: "ff0e::30:1"}  # the exact-group rule: to r-a r-b
+SECOND = {V4: "225.30.0.2", V6: "ff0e::30:2"}  # added and removed by reload
+SSM_SOURCE = {V4: "10.0.1.2", V6: "fd00:1::2"}  # S's own address
+SOURCES = {V4: [f"10.0.1.{n}" for n in range(50, 55)],
+           V6: [f"fd00:1::{n:x}" for n in range(0x50, 0x55)]}
+PHYINTS = "".join(f"phyint r-{x} enable\n" for x in "sabc")
+CONFIG = PHYINTS + """\
+mroute from r-s group 225.30.0.1 to r-a r-b
+mroute from r-s group ff0e::30:1 to r-a r-b
+"""
+ARGS = ("--kernel-star-g",)
+
+
+def canon(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def add_sources(topo, family: int) -> list[str]:
+    """SOURCES on S's link (IPv6 without DAD: usable at once)."""
+    dev = topo.leaf_if("S")
+    for address in SOURCES[family]:
+        if family == V4:
+            topo.sender.ip("addr", "add", f"{address}/24", "dev", dev)
+        else:
+            topo.sender.ip("-6", "addr", "add", f"{address}/64", "dev", dev, "nodad")
+    return SOURCES[family]
+
+
+def from_sources(topo, family, group, sources, per_source, roles=RECEIVERS):
+    """Send per_source datagrams from each source; what each receiver got."""
+    marker = new_marker()
+    with ExitStack() as stack:
+        rx = open_receivers(stack, topo, group, marker, roles)
+        time.sleep(0.05)
+        for source in sources:
+            tx = McastSender(topo.sender, source, topo.leaf_if("S"))
+            stack.callback(tx.close)
+            for seq in range(per_source):
+                tx.send(group, PORT, marker + b" %d" % seq)
+                time.sleep(0.002)
+        want = {r: per_source * len(sources) for r in roles if r in ("A", "B")}
+        return collect(rx, want)
+
+
+def cache_rows(daemon, family, group):
+    """/proc's MFC rows for group: (source, resolved, packets, wrong_if)."""
+    return {(e.source, e.resolved, e.packets, e.wrong_if)
+            for e in read_mr_cache(daemon.pid, family) if e.group == canon(group)}
+
+
+def sources_in_cache(daemon, family, group) -> set[str]:
+    return {e.source for e in read_mr_cache(daemon.pid, family)
+            if e.group == canon(group) and e.source != ZERO[family]}
+
+
+def star_entry(family, group, iif, oifs):
+    return mfc_entry(ZERO[family], group, iif, {iif, *oifs})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_new_sources_forwarded_with_no_learned_entry_and_no_upcall(topo, smcrouted, family):
+    daemon = smcrouted(CONFIG, ARGS)
+    group = GROUP[family]
+    assert read_mfc(topo.router, family) == {star_entry(family, group, "r-s", ["r-a", "r-b"])}
+    sources = add_sources(topo, family)
+    got = from_sources(topo, family, group, sources, 10)
+    assert got == {"A": 50, "B": 50, "C": 0}
+    assert sources_in_cache(daemon, family, group) == set(), "an upcall was sent"
+    (row,) = cache_rows(daemon, family, group)
+    assert row[:2] == (ZERO[family], True) and row[2] >= 50
+    # show lists the entry as (*,G), with its counters, and as JSON
+    out = daemon.ctl("-d", "show", "routes").stdout
+    kernel_rows = out.split("Kernel MFC Table")[1].splitlines()
+    line = next(ln for ln in kernel_rows if ln.startswith(f"(*, {canon(group)})"))
+    fields = line.split()
+    assert fields[2] == "r-s" and int(fields[3]) >= 50 and fields[5:] == ["r-a", "r-b"]
+    kernel = json.loads(daemon.ctl("-j", "show", "routes").stdout)["routes"]["kernel"]
+    assert {"source": None, "group": canon(group), "iif": "r-s",
+            "oifs": ["r-a", "r-b"]} in kernel
+    assert "upcall" not in daemon.log().split("Ready, waiting")[-1]
+    assert daemon.proc.poll() is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_other_interfaces_get_stop_filters_or_nothing(topo, smcrouted, family):
+    """From C (not in the rule) the upcall path gives a stop filter; from A
+    (an outbound interface, marked in the entry) the kernel drops it."""
+    daemon = smcrouted(CONFIG, ARGS)
+    group = GROUP[family]
+    c_src, a_src = topo.links["C"].peer_ip(family), topo.links["A"].peer_ip(family)
+    with ExitStack() as stack:
+        from_c = McastSender(topo.ns["C"], c_src, topo.leaf_if("C"))
+        stack.callback(from_c.close)
+        from_a = McastSender(topo.ns["A"], a_src, topo.leaf_if("A"))
+        stack.callback(from_a.close)
+        assert nothing_arrives(topo, family, group, from_c) == {"A": 0, "B": 0, "C": 0}
+        stop = mfc_entry(c_src, group, "r-c", [])
+        assert wait_for(lambda: stop in read_mfc(topo.router, family), 5.0), \
+            read_mfc(topo.router, family)
+        assert nothing_arrives(topo, family, group, from_a) == {"A": 0, "B": 0, "C": 0}
+    assert canon(a_src) not in sources_in_cache(daemon, family, group)
+    ((_, _, _, wrong_if),) = {r for r in cache_rows(daemon, family, group)
+                              if r[0] == ZERO[family]}
+    assert wrong_if >= 10
+    # and the group still flows from S
+    assert from_sources(topo, family, group, [SSM_SOURCE[family]], 10) == {
+        "A": 10, "B": 10, "C": 0}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_source_specific_route_for_the_group_takes_precedence(topo, smcrouted, family):
+    group = GROUP[family]
+    config = CONFIG + f"mroute from r-s source {SSM_SOURCE[family]} group {group} to r-c\n"
+    daemon = smcrouted(config, ARGS)
+    assert read_mfc(topo.router, family) == {
+        star_entry(family, group, "r-s", ["r-a", "r-b"]),
+        mfc_entry(SSM_SOURCE[family], group, "r-s", ["r-c"])}
+    assert from_sources(topo, family, group, [SSM_SOURCE[family]], 10) == {
+        "A": 0, "B": 0, "C": 10}
+    others = add_sources(topo, family)[:2]
+    assert from_sources(topo, family, group, others, 10) == {"A": 20, "B": 20, "C": 0}
+    assert sources_in_cache(daemon, family, group) == {canon(SSM_SOURCE[family])}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reload_adds_and_removes_entries_hitlessly(topo, smcrouted, family):
+    """A flow on the unchanged rule loses nothing while reloads add and
+    remove another (*,G) rule; the added one forwards with no upcall."""
+    group, second = GROUP[family], SECOND[family]
+    daemon = smcrouted(CONFIG, ARGS)
+    marker = new_marker()
+    with ExitStack() as stack:
+        rx = {"A": Receiver(topo.ns["A"], topo.leaf_if("A"), group, PORT, marker)}
+        stack.callback(rx["A"].close)
+        tx = McastSender(topo.sender, SSM_SOURCE[family], topo.leaf_if("S"))
+        stack.callback(tx.close)
+        time.sleep(0.05)
+        with Ticker(tx, [group], PORT, marker, interval=0.01) as ticker:
+            time.sleep(0.2)
+            reload(daemon, CONFIG + f"mroute from r-s group {second} to r-c\n")
+            assert star_entry(family, second, "r-s", ["r-c"]) in read_mfc(topo.router, family)
+            got = from_sources(topo, family, second, [SSM_SOURCE[family]], 10, roles=("C",))
+            assert got == {"C": 10}
+            reload(daemon, CONFIG)
+            time.sleep(0.2)
+            sent = ticker.stop()
+        got = collect(rx, {"A": sent})
+    assert got == {"A": sent}, f"lost {sent - got['A']} of {sent}"
+    entries = read_mfc(topo.router, family)
+    assert star_entry(family, group, "r-s", ["r-a", "r-b"]) in entries
+    assert not any(e.group == canon(second) and e.source == ZERO[family] for e in entries)
+    assert sources_in_cache(daemon, family, group) == set()

@@ -1,0 +1,170 @@
+"""--kernel-star-g: which (*,G) rules become kernel (*,G) entries, what
+those entries hold, and that edits keep them equal to a fresh fold."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from smcroute.unprivileged import show
+from smcroute.unprivileged.config import parse_text
+from smcroute.unprivileged.engine import Plan, is_star, plan, rule_key, zero
+from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Mroute
+
+IFS = {n: Interface(n, i + 2, True) for i, n in enumerate(("a1", "a2", "a3", "b1"))}
+
+
+def star_plan(text: str, on: bool = True) -> Plan:
+    cfg = parse_text(text, "/etc/smcroute.conf")
+    assert cfg.errors == (), [str(d) for d in cfg.errors]
+    p = plan(cfg, IFS, {}, True, kernel_star_g=on)
+    p.take_changes()
+    return p
+
+
+def star(group: str) -> MfcKey:
+    g = ipaddress.ip_address(group)
+    return MfcKey(g.version, zero(g.version), g.packed)
+
+
+def names(p: Plan, group: str) -> tuple[str, tuple[str, ...]]:
+    m = p.mfc[star(group)]
+    return m.iif_name, m.oif_names
+
+
+def test_exact_group_rule_is_an_entry_marking_inbound_and_outbound_vifs() -> None:
+    p = star_plan("mroute from a1 group 225.1.2.3 to a2 a3\n"
+                  "mroute from b1 group ff2e::42 to a1\n")
+    m = p.mfc[star("225.1.2.3")]
+    vif = {n: p.vifs[(4, n)].vif for n in ("a1", "a2", "a3")}
+    assert m.iif == vif["a1"]
+    assert m.oifs == tuple(sorted([(vif["a1"], 1), (vif["a2"], 1), (vif["a3"], 1)]))
+    assert names(p, "225.1.2.3") == ("a1", ("a1", "a2", "a3"))
+    assert names(p, "ff2e::42") == ("b1", tuple(sorted(("a1", "b1"),
+                                                       key=lambda n: p.vifs[(6, n)].vif)))
+    assert is_star(m.key) and m.where is not None and m.where.line == 1
+    # the rules stay templates: show lists them, and a racing upcall still matches
+    assert len(p.templates) == 2
+
+
+def test_off_by_default() -> None:
+    p = star_plan("mroute from a1 group 225.1.2.3 to a2\n", on=False)
+    assert p.mfc == {} and p.star == {}
+
+
+def test_ttl_thresholds_of_the_rule_are_kept() -> None:
+    p = star_plan("phyint a3 ttl-threshold 7\nmroute from a1 group 225.1.2.3 to a2 a3\n")
+    by_name = dict(zip(p.mfc[star("225.1.2.3")].oif_names,
+                       (t for _, t in p.mfc[star("225.1.2.3")].oifs), strict=True))
+    assert by_name == {"a1": 1, "a2": 1, "a3": 7}
+
+
+def test_what_stays_on_the_upcall_path() -> None:
+    p = star_plan(
+        # a group range and a source range are not exact (*,G) rules
+        "mroute from a1 group 225.0.0.0/8 to a2\n"
+        "mroute from a2 source 10.0.0.0/8 group 226.1.1.1 to a3\n"
+        # an earlier range on a1 covers 225.5.5.5: it would win the first match
+        "mroute from a1 group 225.5.5.5 to a3\n"
+        # the inbound among the outbound: an (S,G) entry loops it back, (*,G) not
+        "mroute from a3 group 227.1.1.1 to a3 a2\n"
+        # a template on an OIF covers the group: its traffic must reach it
+        # (the second rule can be one: nothing on a2 covers the group)
+        "mroute from a3 group 228.1.1.1 to b1\n"
+        "mroute from b1 group 228.1.1.1 to a2\n"
+        # a rule on another inbound interface for a group already taken
+        "mroute from a2 group 229.1.1.1 to a3\n"
+        "mroute from b1 group 229.1.1.1 to a1\n")
+    assert set(p.star) == {star("228.1.1.1"), star("229.1.1.1")}
+    assert names(p, "228.1.1.1")[0] == "b1"
+    assert names(p, "229.1.1.1")[0] == "a2"
+
+
+def test_an_earlier_source_specific_template_for_the_group_wins() -> None:
+    p = star_plan("mroute from a1 source 10.0.0.0/24 group 225.1.1.1 to a2\n"
+                  "mroute from a1 group 225.1.1.1 to a3\n")
+    assert p.star == {}
+    p = star_plan("mroute from a1 group 225.1.1.1 to a3\n"
+                  "mroute from a1 source 10.0.0.0/24 group 225.1.1.1 to a2\n")
+    assert set(p.star) == {star("225.1.1.1")}
+
+
+def test_a_configured_sg_route_for_the_group_is_its_own_entry() -> None:
+    p = star_plan("mroute from a1 group 225.1.1.1 to a3\n"
+                  "mroute from a1 source 10.0.0.1 group 225.1.1.1 to a2\n")
+    assert set(p.mfc) == {star("225.1.1.1"),
+                          MfcKey(4, ipaddress.ip_address("10.0.0.1").packed,
+                                 ipaddress.ip_address("225.1.1.1").packed)}
+
+
+def test_edits_change_exactly_the_entries_concerned() -> None:
+    p = star_plan("mroute from a1 group 225.1.1.1 to a2\n"
+                  "mroute from a1 group 225.2.2.2 to a3\n")
+    before = dict(p.mfc)
+    rule = next(r for r in p.rules.values() if str(r.rule.group) == "225.1.1.1")
+    p.remove_rule(rule.key)
+    c = p.take_changes()
+    assert c.mfc == {star("225.1.1.1")}
+    assert set(p.mfc) == {star("225.2.2.2")} and p.mfc[star("225.2.2.2")] is \
+        before[star("225.2.2.2")]
+    # a rule on an OIF that covers the group takes the entry away again
+    p.add(parse_text("mroute from a3 group 225.0.0.0/8 to b1\n", "/x").directives[0])
+    c = p.take_changes()
+    assert c.mfc == {star("225.2.2.2")} and p.star == {}
+
+
+def test_show_lists_the_entries_as_star_g_without_their_inbound() -> None:
+    p = star_plan("mroute from a1 group 225.1.2.3 to a2\n")
+    vif_names = {(v.family, v.vif): v.name for v in p.vifs.values()}
+    view = show.RouteView([], [], list(p.mfc.values()), vif_names, p.vifs)
+    lines = show.routes(view, list(IFS), detail=True, counters=lambda k: (5, 500))
+    assert lines[0] == "Kernel MFC Table_"
+    assert lines[2].split() == ["(*,", "225.1.2.3)", "a1", "5", "500", "a2"]
+    assert '"kernel":[{"source":null,"group":"225.1.2.3","iif":"a1","oifs":["a2"]}]' \
+        in show.routes_json(view)[0]
+
+
+LINES = [
+    "mroute from a1 group 225.1.1.1 to a2",
+    "mroute from a1 group 225.1.1.1 to a3",
+    "mroute from a2 group 225.1.1.1 to b1",
+    "mroute from a1 group 225.0.0.0/8 to b1",
+    "mroute from a3 group 225.1.1.0/24 to a1",
+    "mroute from b1 group 225.1.1.1 to a1 a2",
+    "mroute from a2 group ff2e::1 to a3",
+    "mroute from a3 group ff2e::1 to a2",
+    "mroute from a1 source 10.0.0.1 group 225.1.1.1 to a2",
+    "phyint a3 disable",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(LINES), max_size=8), st.data())
+def test_edits_give_what_a_fresh_fold_gives(lines: list[str], data: st.DataObject) -> None:
+    """Removing rules one by one keeps the kernel (*,G) entries those of the
+    remaining configuration read afresh."""
+    p = star_plan("\n".join(lines) + "\n")
+    kept = list(lines)
+    keys = list(p.rules)
+    for _ in range(len(keys)):
+        victim = data.draw(st.sampled_from(keys))
+        keys.remove(victim)
+        p.remove_rule(victim)
+        p.take_changes()
+        kept = [line for line in kept if line.startswith("phyint") or rule_key(
+            _line(line)) != victim]
+        fresh = star_plan("\n".join(kept) + "\n")
+        assert by_names(p.star) == by_names(fresh.star)  # (slots and lines differ)
+        assert {k: v for k, v in p.mfc.items() if is_star(k)} == p.star
+
+
+def by_names(entries: dict[MfcKey, Mfc]) -> dict[MfcKey, tuple[object, ...]]:
+    return {k: (m.iif_name, sorted(zip(m.oif_names, (t for _, t in m.oifs), strict=True)))
+            for k, m in entries.items()}
+
+
+def _line(text: str) -> Mroute:
+    d = parse_text(text + "\n", "/etc/smcroute.conf").directives[0]
+    assert isinstance(d, Mroute)
+    return d
