@@ -157,6 +157,13 @@ class FlowTable:
         self.total = 0  # learned routes
         self.stops = 0  # stop filters
         self._at: dict[tuple[int, str], set[MfcKey]] = {}  # flows per inbound interface
+        # Reserve of replaced fast-path generations, by generation: the helper
+        # may still spend it until it has answered their replacement (its
+        # reply comes after every flow it installed before). Counted in the
+        # budgets until then, so the kernel never holds more than they allow.
+        self.retiring: dict[int, int] = {}
+        self.reclaim = False  # reserve blocks a flow the budgets have room for
+        self.reserved_total = 0
         self.fast_reset(0, (), ())
 
     def __len__(self) -> int:
@@ -221,11 +228,22 @@ class FlowTable:
 
     # -- upcalls ----------------------------------------------------------------
 
+    @property
+    def held(self) -> int:
+        """Learned routes plus every reserve the helper holds or may still spend."""
+        return self.total + self.reserved_total + sum(self.retiring.values())
+
     def _room(self, rule: RuleKey) -> bool:
-        """May one more learned route of rule be added (reserves count)?"""
+        """May one more learned route of rule be added (reserves count)? If
+        only the fast path's reserve stands in the way, ask for it back."""
         limits = self.limits
-        return (self.total + self.reserved_total < limits.max_learned
-                and self.learned[rule] + self.reserved[rule] < limits.max_per_rule)
+        if (self.held < limits.max_learned
+                and self.learned[rule] + self.reserved[rule] < limits.max_per_rule):
+            return True
+        if self.reserved_total and self.total + sum(self.retiring.values()) < \
+                limits.max_learned and self.learned[rule] < limits.max_per_rule:
+            self.reclaim = True
+        return False
 
     def decide(self, upcalls: Iterable[Upcall], now: float, plan: Plan,
                vif_name: Mapping[tuple[int, int], str],
@@ -355,10 +373,20 @@ class FlowTable:
 
     def fast_reset(self, generation: int, routes: tuple[FastTemplate, ...],
                    wire: tuple[Template, ...]) -> None:
-        """The helper is sent these templates: no reserve until top_up()."""
+        """The helper is sent these templates: no reserve until top_up().
+        The old generation's reserve retires when the helper answers."""
+        if self.reserved_total:
+            self.retiring[generation] = self.reserved_total
+        self.reclaim = False
         self.fast = FastBooks(generation, routes, wire)
         self.reserved: Counter[RuleKey] = Counter()
         self.reserved_total = 0
+
+    def fast_settled(self, generation: int) -> None:
+        """The helper has the templates of generation: what it installed
+        under the ones before has been heard (booked or removed)."""
+        for g in [g for g in self.retiring if g <= generation]:
+            del self.retiring[g]
 
     def top_up(self, now: float) -> tuple[int, ...] | None:
         """Raise the fast path's limits where a template's reserve runs low:
@@ -372,7 +400,7 @@ class FlowTable:
             if reserve > FAST_CHUNK // 2:
                 continue
             rule_room = limits.max_per_rule - self.learned[route.rule] - self.reserved[route.rule]
-            total_room = limits.max_learned - self.total - self.reserved_total
+            total_room = limits.max_learned - self.held
             if rule_room < 2 * FAST_CHUNK or total_room < FAST_CHUNK * (len(books.routes) + 1):
                 continue
             grant = self.bucket.take_share(FAST_CHUNK - reserve, now)

@@ -15,6 +15,7 @@ from smcroute.ipc.helper import (
     DelMfc,
     DelVif,
     Mrdisc,
+    SetTemplates,
     SgCount,
     Upcall,
 )
@@ -52,6 +53,8 @@ class KernelEvents(CoreState):
             for d in self.flows.decide(rest, now, plan, names, ledger.mfc):
                 ops.append(ledger.add_mfc(d.flow.entry, d))
             self._said_flows()
+            if self.flows.reclaim:  # the same templates anew: their reserve comes back
+                ops += self._fast_ops(self.flows.fast.routes, self.flows.fast.wire)
         # traffic of a configured (S,G) the kernel does not hold (it refused
         # it before): the configuration's entry, once more
         again = {k for u in [*rest, *learned] if u.kind in ("nocache", "learned")
@@ -142,6 +145,8 @@ class KernelEvents(CoreState):
                     kind = 0x32 if req.terminate else 0x30
                     self._log("warning", f"Failed sending IGMP control message 0x{kind:02x} on"
                                          f" VIF {req.vif}: {answer.error}")
+            elif isinstance(req, SetTemplates):
+                flows.fast_settled(req.generation)
             elif isinstance(req, SgCount) and job is not None and isinstance(answer, Counts):
                 job.counts[MfcKey(req.family, req.source, req.group)] = answer
         if refused:

@@ -19,6 +19,7 @@ from smcroute.ipc.helper import AddVif, Allow, SetTemplates, Template, Upcall, t
 from smcroute.policy import ops
 from smcroute.privileged.server import Server
 from smcroute.unprivileged.config import parse_text
+from smcroute.unprivileged.core import Settings
 from smcroute.unprivileged.engine import Plan, plan
 from smcroute.unprivileged.flows import FAST_CHUNK, FlowTable, Limits, fast_templates
 from smcroute.unprivileged.model import Interface
@@ -507,3 +508,33 @@ def test_budgets_hold_with_the_fast_path(max_learned: int, max_per_rule: int, ra
         assert flows.total + flows.reserved_total <= max_learned
         for rule in reserve:
             assert flows.learned[rule] + flows.reserved[rule] <= max_per_rule
+
+
+# -- budgets usable to the last flow ---------------------------------------------------------------
+
+IDLE_RULES = [f"mroute from a group 225.{i}.0.0/16 to b\n" for i in range(10, 19)]
+
+
+@pytest.mark.parametrize("idle", [0, 9])
+@pytest.mark.parametrize("max_learned", [200, 1000])
+def test_a_flood_fills_the_learned_budget_exactly(idle: int, max_learned: int) -> None:
+    """With rules that see no traffic holding fast-path reserve, a flood at
+    one rule still gets exactly max_learned learned routes: the reserve that
+    stands in the way is taken back (the same templates anew), and what the
+    kernel holds never exceeds the budget, reserves and retiring ones counted."""
+    settings = Settings(conf_path="/etc/smcroute.conf",
+                        limits=Limits(max_learned=max_learned, max_per_rule=max_learned))
+    h = Harness(CONFIG + "".join(IDLE_RULES[:idle]), IFACES, settings=settings)
+    flows = h.core.flows
+    # every template got reserve at the start (unless the budget is too small for that)
+    assert sum(flows.fast.limits) > 0 or max_learned < FAST_CHUNK * (len(flows.fast.routes) + 1)
+    for i in range(3 * max_learned):
+        h.nocache("10.0.0.1", f"225.1.{i // 250}.{i % 250 + 1}", "a")
+        learned = sum(1 for m in h.kernel.mfc.values() if m[1])
+        assert learned <= max_learned
+        assert flows.total + flows.reserved_total + sum(flows.retiring.values()) <= max_learned
+        if i % 97 == 0:
+            h.tick(0.05)  # tokens come back
+    assert flows.total == max_learned
+    assert sum(1 for m in h.kernel.mfc.values() if m[1]) == max_learned
+    h.check()
