@@ -111,7 +111,8 @@ class CoreState:
         self.lines = Lines()
         self.plan = Plan(self.interfaces, (), s.default_enable, s.kernel_star_g)
         self.ledger = Ledger()
-        self.flows = FlowTable(s.limits, verbose=self.level >= PRIORITY["info"])
+        self.flows = FlowTable(s.limits, verbose=self.level >= PRIORITY["info"],
+                               group_stops=s.kernel_star_g)
         self.mrdisc = Schedule(s.mrdisc_interval)
         self.joined: dict[MemberKey, Membership] = {}
         self.batches: dict[int, Batch] = {}

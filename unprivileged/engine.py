@@ -320,6 +320,16 @@ class Plan:
                 return route
         return None
 
+    def covers_group(self, family: int, iif: str, group: bytes) -> bool:
+        """Does any template for traffic arriving on iif cover group (for
+        any source)?"""
+        g = int.from_bytes(group, "big")
+        for route in self._templates.get((family, iif), ()):
+            gnet, gmask, _, _ = route.net
+            if g & gmask == gnet:
+                return True
+        return False
+
     def take_changes(self) -> Changes:
         if self.kernel_star_g and (self.changes.inbound or self.slots.changed
                                    or not self._star_done):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from smcroute.ipc.helper import Template, Upcall
 from smcroute.unprivileged.budget import Throttle, TokenBucket
-from smcroute.unprivileged.engine import Plan, Route, RuleKey
+from smcroute.unprivileged.engine import Plan, Route, RuleKey, is_star, zero
 from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr
 
 FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
@@ -143,9 +143,11 @@ class Said:
 
 
 class FlowTable:
-    def __init__(self, limits: Limits | None = None, verbose: bool = False) -> None:
+    def __init__(self, limits: Limits | None = None, verbose: bool = False,
+                 group_stops: bool = False) -> None:
         self.limits = limits or Limits()
         self.verbose = verbose  # per-upcall info lines (formatting them costs)
+        self.group_stops = group_stops  # --kernel-star-g: see _group_stop()
         self.flows: dict[MfcKey, Flow] = {}
         self.activity: dict[MfcKey, Activity] = {}
         self.throttle = Throttle()
@@ -273,6 +275,11 @@ class FlowTable:
                 continue
             if key in installed or key in plan.mfc:
                 continue  # queued before we installed it, or the config's (S,G)
+            if self.group_stops and (d := self._group_stop(key, iif, plan, installed, now)):
+                if d is not True:
+                    self._put(d.flow, now)
+                    out.append(d)
+                continue
             if not self.bucket.take(now):
                 self.quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
                                     " new flows ignored for now", now)
@@ -294,6 +301,32 @@ class FlowTable:
             self._put(flow, now)
             out.append(Decision(flow))
         return out
+
+    def _group_stop(self, key: MfcKey, iif: str, plan: Plan, installed: Mapping[MfcKey, Mfc],
+                    now: float) -> Decision | bool:
+        """--kernel-star-g: traffic for a group that no template on iif covers
+        gets one stop entry for the whole group, a kernel (*,G) entry whose
+        only VIF is iif (the kernel uses it for every source arriving there
+        and forwards nothing), instead of a stop filter per source. True: the
+        upcall needs nothing (that entry is there or on its way); False: the
+        usual path (a rule covers the group, or (*,G) is taken: configured,
+        or a stop entry for another interface)."""
+        gkey = MfcKey(key.family, zero(key.family), key.group)
+        have = self.flows.get(gkey)
+        if have is not None:
+            return have.iif == iif
+        if gkey in plan.mfc or gkey in installed or plan.covers_group(key.family, iif,
+                                                                      key.group):
+            return False
+        if self.stops >= self.limits.max_learned:
+            self.quiet("stops", f"stop filter budget of {self.limits.max_learned}"
+                                 " exhausted: new flows ignored for now", now)
+            return True
+        if self.verbose:
+            self.said("info", f"Multicast from {addr(key.source)}, group {addr(key.group)},"
+                              f" on {iif} does not match any (*,G) rule: a stop entry for"
+                              " the group")
+        return Decision(Flow(gkey, iif, entry(gkey, iif, ((iif, 1),), None, plan.vifs)))
 
     @staticmethod
     def _flow(key: MfcKey, iif: str, route: Route | None, budget: bool,
@@ -346,7 +379,12 @@ class FlowTable:
         for flow in sorted(chosen, key=lambda f: f.stop):  # learned routes first
             key = flow.key
             new = None
-            if key not in plan.mfc and (key.family, flow.iif) in plan.vifs:
+            if is_star(key):  # a group's stop entry stays while no rule covers the group
+                if key not in plan.mfc and (key.family, flow.iif) in plan.vifs and \
+                        not plan.covers_group(key.family, flow.iif, key.group):
+                    new = Flow(key, flow.iif, entry(key, flow.iif, ((flow.iif, 1),), None,
+                                                    plan.vifs))
+            elif key not in plan.mfc and (key.family, flow.iif) in plan.vifs:
                 route = plan.match(key.family, flow.iif, key.source, key.group)
                 if route is not None or flow.stop:
                     budget = flow.budget and flow.stop

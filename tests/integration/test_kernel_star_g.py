@@ -190,3 +190,59 @@ def test_reload_adds_and_removes_entries_hitlessly(topo, smcrouted, family):
     assert star_entry(family, group, "r-s", ["r-a", "r-b"]) in entries
     assert not any(e.group == canon(second) and e.source == ZERO[family] for e in entries)
     assert sources_in_cache(daemon, family, group) == set()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_group_no_rule_covers_gets_one_stop_entry(topo, smcrouted, family):
+    """Five new sources for a group no rule covers: one (*,G) stop entry
+    marking only the inbound VIF; nothing forwarded, no stop filter per
+    source (the first source's upcall may leave its unresolved entry, which
+    the kernel drops after 10 s)."""
+    daemon = smcrouted(CONFIG, ARGS)
+    group = {V4: "225.31.0.9", V6: "ff0e::31:9"}[family]
+    sources = add_sources(topo, family)
+    got = from_sources(topo, family, group, sources, 5)
+    assert got == {"A": 0, "B": 0, "C": 0}
+    want = mfc_entry(ZERO[family], group, "r-s", ["r-s"])
+    assert wait_for(lambda: want in read_mfc(topo.router, family), 5.0), \
+        read_mfc(topo.router, family)
+    got = from_sources(topo, family, group, sources, 5)
+    assert got == {"A": 0, "B": 0, "C": 0}
+    resolved = {e.source for e in read_mr_cache(daemon.pid, family)
+                if e.group == canon(group) and e.resolved}
+    assert resolved == {ZERO[family]}
+    unresolved = [e for e in read_mr_cache(daemon.pid, family)
+                  if e.group == canon(group) and not e.resolved]
+    assert len(unresolved) <= 1
+    line = next(ln for ln in daemon.ctl("show", "routes").stdout.splitlines()
+                if canon(group) in ln)
+    assert line.split() == ["(*,", f"{canon(group)})", "r-s"]
+
+
+FLOOD_RULES = PHYINTS + "mroute from r-s group 225.7.0.0/16 to r-a\n" + "".join(
+    f"mroute from r-s group 225.{i}.0.0/16 to r-b\n" for i in range(50, 59))
+
+
+def test_a_flood_above_the_budget_fills_it_exactly(topo, smcrouted):
+    """--max-learned 1000, ten rules (nine see no traffic, each given
+    fast-path reserve at start), 2500 new flows at one rule: exactly 1000
+    learned routes, and show still answers."""
+    limit = 1000
+    daemon = smcrouted(FLOOD_RULES, ["--max-learned", str(limit)])
+    with McastSender(topo.sender, SSM_SOURCE[V4], topo.leaf_if("S")) as tx:
+        for i in range(2500):
+            tx.send(f"225.7.{i // 250}.{i % 250 + 1}", PORT, b"flood")
+            if i % 100 == 99:
+                time.sleep(0.01)
+
+    def learned():
+        return sum(1 for e in read_mr_cache(daemon.pid, V4) if e.resolved and e.oifs)
+
+    wait_for(lambda: learned() >= limit, 10.0)
+    time.sleep(1.0)  # nothing changes any more: one /proc read is consistent
+    assert learned() == limit
+    out = daemon.ctl("show", "routes")
+    assert out.returncode == 0
+    kernel = out.stdout.split("Kernel MFC Table")[1]
+    assert sum(1 for ln in kernel.splitlines() if ln.startswith("(") and "r-a" in ln) == limit
+    assert daemon.proc.poll() is None

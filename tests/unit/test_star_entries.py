@@ -8,9 +8,12 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smcroute.unprivileged import show
+from smcroute.unprivileged.core import Settings
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.engine import Plan, is_star, plan, rule_key, zero
 from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Mroute
+
+from .corehelp import Harness
 
 IFS = {n: Interface(n, i + 2, True) for i, n in enumerate(("a1", "a2", "a3", "b1"))}
 
@@ -168,3 +171,45 @@ def _line(text: str) -> Mroute:
     d = parse_text(text + "\n", "/etc/smcroute.conf").directives[0]
     assert isinstance(d, Mroute)
     return d
+
+
+# -- group stop entries (the flow table, through the core and the helper's op table) ------------
+
+GS_CONFIG = "phyint a enable\nphyint b enable\nmroute from a group 225.1.0.0/16 to b\n"
+GS_IFACES = {"a": Interface("a", 10, True), "b": Interface("b", 11, True)}
+
+
+def group_stop_harness(on: bool = True) -> Harness:
+    return Harness(GS_CONFIG, GS_IFACES, settings=Settings(
+        conf_path="/etc/smcroute.conf", kernel_star_g=on))
+
+
+def test_a_group_no_rule_covers_gets_one_stop_entry_for_all_sources() -> None:
+    h = group_stop_harness()
+    h.nocache("10.0.0.1", "225.9.9.9", "a")
+    h.nocache("10.0.0.2", "225.9.9.9", "a")  # (raced the entry: nothing more)
+    a = h.core.plan.vifs[(4, "a")].vif
+    assert h.kernel_mfc() == {star("225.9.9.9"): (a, ((a, 1),))}
+    assert len(h.core.flows) == 1 and h.core.flows.stops == 1
+    # from another interface: the usual stop filter per source
+    h.nocache("10.0.0.3", "225.9.9.9", "b")
+    b = h.core.plan.vifs[(4, "b")].vif
+    sg = MfcKey(4, ipaddress.ip_address("10.0.0.3").packed,
+                ipaddress.ip_address("225.9.9.9").packed)
+    assert h.kernel_mfc()[sg] == (b, ())
+    # a covered group keeps the per-source path
+    h.nocache("10.0.0.1", "225.1.0.7", "a", fast=False)
+    assert h.kernel_mfc()[MfcKey(4, ipaddress.ip_address("10.0.0.1").packed,
+                                 ipaddress.ip_address("225.1.0.7").packed)][1] != ()
+    lines = h.show().splitlines()
+    assert any(line.split() == ["(*,", "225.9.9.9)", "a"] for line in lines), lines
+    # a rule that covers the group now: the stop entry goes, traffic asks again
+    h.reload(GS_CONFIG + "mroute from a group 225.9.0.0/16 to b\n")
+    assert star("225.9.9.9") not in h.kernel_mfc()
+    h.check_settled()
+
+
+def test_group_stop_entries_only_in_kernel_star_g_mode() -> None:
+    h = group_stop_harness(on=False)
+    h.nocache("10.0.0.1", "225.9.9.9", "a")
+    assert star("225.9.9.9") not in h.kernel_mfc() and len(h.kernel_mfc()) == 1
