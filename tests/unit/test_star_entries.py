@@ -8,8 +8,8 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smcroute.unprivileged import show
-from smcroute.unprivileged.core import Settings
 from smcroute.unprivileged.config import parse_text
+from smcroute.unprivileged.core import Settings
 from smcroute.unprivileged.engine import Plan, is_star, plan, rule_key, zero
 from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Mroute
 
