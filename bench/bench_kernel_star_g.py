@@ -79,7 +79,7 @@ def source(family: int, i: int) -> str:
     """The i-th spoofed source: 10.64.0.0/10 or fd40::/16 (S's namespace only)."""
     if family == 4:
         return socket.inet_ntoa((0x0A400000 + 1 + i).to_bytes(4, "big"))
-    return f"fd40::{i // 0x10000:x}:{i % 0x10000 + 1:x}"
+    return socket.inet_ntop(socket.AF_INET6, ((0xFD40 << 112) + 1 + i).to_bytes(16, "big"))
 
 
 def _checksum(data: bytes) -> int:

@@ -27,6 +27,7 @@ from smcroute.unprivileged.core import EDITS, READY
 from smcroute.unprivileged.ctlserver import ControlServer
 from smcroute.unprivileged.interfaces import read_interfaces
 from smcroute.unprivileged.log import Logger, batched
+from smcroute.unprivileged.memory import return_memory
 from smcroute.unprivileged.netwatch import LinkWatch
 from smcroute.unprivileged.notify import notify
 from smcroute.unprivileged.options import Options
@@ -214,5 +215,7 @@ class Controller:
             self.ready()
         elif isinstance(e, fx.Notify):
             notify(*e.lines)
+        elif isinstance(e, fx.ReturnMemory):
+            return_memory()
         elif isinstance(e, fx.Stop):
             self.kill_requested = True

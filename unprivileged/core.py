@@ -29,7 +29,15 @@ from smcroute.ipc.helper import SgCount
 from smcroute.unprivileged.commands import Lines
 from smcroute.unprivileged.corestate import EDITS, READY, RELOADING, Job, Settings, pending_text
 from smcroute.unprivileged.ctlrequests import Requests
-from smcroute.unprivileged.effects import Answer, Effect, LoadConfig, Notify, Ready, Script
+from smcroute.unprivileged.effects import (
+    Answer,
+    Effect,
+    LoadConfig,
+    Notify,
+    Ready,
+    ReturnMemory,
+    Script,
+)
 from smcroute.unprivileged.engine import Plan
 from smcroute.unprivileged.kernelevents import KernelEvents
 from smcroute.unprivileged.levels import PRIORITY
@@ -182,6 +190,10 @@ class Core(KernelEvents, Requests):
             for flow in gone:
                 self._log("debug", f"Removing (*,G) flow {sg(flow.key)} from {flow.iif}")
         self._send(self._transition([f.key for f in gone], vifs=False), cause, job)
+        if self.flows.shrunk():
+            self.flows.compact()
+            self.ledger.mfc = dict(self.ledger.mfc)
+            self._out.append(ReturnMemory())
 
     def shutdown(self) -> list[Effect]:
         """Remove every route and VIF we installed (the sockets go with the executor)."""

@@ -70,6 +70,11 @@ class Notify(NamedTuple):
     lines: tuple[str, ...]
 
 
+class ReturnMemory(NamedTuple):
+    """Most of the flows went (expiry, flush): hand freed memory back to the
+    system (a collection, then malloc_trim), so a flood's peak does not stay."""
+
+
 class Ready:
     """Configuration applied: PID file, READY=1 for the service manager."""
 
@@ -100,4 +105,5 @@ class Stop:
         return "Stop()"
 
 
-Effect = Send | Memberships | Log | Script | Answer | LoadConfig | Ready | Notify | Stop
+Effect = (Send | Memberships | Log | Script | Answer | LoadConfig | Ready | Notify | Stop
+          | ReturnMemory)

@@ -22,6 +22,7 @@ from smcroute.unprivileged.engine import Plan, Route, RuleKey, is_star, zero
 from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr
 
 FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
+COMPACT_AT = 4096  # flows at a peak from which memory is worth handing back
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class FlowTable:
         self.retiring: dict[int, int] = {}
         self.reclaim = False  # reserve blocks a flow the budgets have room for
         self.reserved_total = 0
+        self.peak = 0  # most flows since the last compact()
         self.fast_reset(0, (), ())
 
     def __len__(self) -> int:
@@ -184,6 +186,8 @@ class FlowTable:
         if old is not None:
             self._take(old)
         self.flows[flow.key] = flow
+        if len(self.flows) > self.peak:
+            self.peak = len(self.flows)
         self._at.setdefault((flow.key.family, flow.iif), set()).add(flow.key)
         if flow.rule is None:
             self.stops += 1
@@ -216,6 +220,18 @@ class FlowTable:
                 gone.append(flow)
             self.activity.pop(key, None)
         return gone
+
+    def shrunk(self) -> bool:
+        """Are there far fewer flows than at the peak (worth compacting)?"""
+        return self.peak >= COMPACT_AT and len(self.flows) <= self.peak // 4
+
+    def compact(self) -> None:
+        """Rebuild the tables: a dict keeps the size of its peak, however
+        many entries left it."""
+        self.flows = dict(self.flows)
+        self.activity = dict(self.activity)
+        self._at = {where: set(keys) for where, keys in self._at.items() if keys}
+        self.peak = len(self.flows)
 
     def failed(self, d: Decision) -> bool:
         """The kernel refused a decision's entry: back to what was there.
