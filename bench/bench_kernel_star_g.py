@@ -29,8 +29,9 @@ carry a source address of its own (spoofed, inside S's namespace only):
   (c) a flood of --flood new sources: the daemon's CPU time (controller and
       helper, utime + stime from /proc/PID/stat), its RSS before, at the
       peak and --after seconds after the flood (-c 5: learned routes and
-      stop filters have expired by then), and the peak of unresolved
-      entries the kernel held.
+      stop filters have expired by then), the peak's growth per learned
+      route or stop filter the kernel held, and the peak of unresolved
+      entries.
 
 Everything it creates is removed on exit, also on failure or Ctrl-C;
 processes are stopped by PID only.
@@ -228,14 +229,16 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
           after: float) -> dict:
     tx = RawSender(topo, family)
     rss0, cpu0 = daemon.rss_mib(), daemon.cpu()
-    peak_rss, peak_unres = list(rss0), 0
+    peak_rss, peak_unres, peak_entries = list(rss0), 0, 0
     t0 = time.monotonic()
     try:
         payload = MARKER + b" flood"
         for i in range(n):
             tx.send(tx.packet(source(family, first + i), payload))
             if i % 5000 == 4999:
-                peak_unres = max(peak_unres, per_source_rows(daemon.pid, family)[1])
+                rows, unresolved = per_source_rows(daemon.pid, family)
+                peak_unres = max(peak_unres, unresolved)
+                peak_entries = max(peak_entries, rows - unresolved)
                 peak_rss = [max(a, b) for a, b in zip(peak_rss, daemon.rss_mib(), strict=True)]
     finally:
         tx.close()
@@ -244,10 +247,13 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
     deadline = time.monotonic() + after
     while time.monotonic() < deadline:
         peak_rss = [max(a, b) for a, b in zip(peak_rss, daemon.rss_mib(), strict=True)]
+        rows, unresolved = per_source_rows(daemon.pid, family)
+        peak_entries = max(peak_entries, rows - unresolved)
         time.sleep(0.5)
     return {"sent_in": sent_in, "cpu": cpu_flood, "cpu_after": daemon.cpu() - cpu0,
             "rss0": rss0, "peak": peak_rss, "rss_after": daemon.rss_mib(),
-            "unresolved": peak_unres, "entries_after": per_source_rows(daemon.pid, family)[0]}
+            "unresolved": peak_unres, "entries": peak_entries,
+            "entries_after": per_source_rows(daemon.pid, family)[0]}
 
 
 def mib(values: list[float]) -> str:
@@ -281,6 +287,12 @@ def run_mode(name: str, binary: str, extra: list[str], topo: Topology, ws, args,
                              f"{f['sent_in']:.1f} s, {f['cpu']:.2f} s ({f['cpu_after']:.2f} s)"))
                 rows.append((name, f"{fam} flood: RSS before / peak / {args.after:.0f} s after",
                              f"{mib(f['rss0'])} / {mib(f['peak'])} / {mib(f['rss_after'])}"))
+                if f["entries"]:
+                    per = [(p - b) * 2**20 / f["entries"]
+                           for p, b in zip(f["peak"], f["rss0"], strict=True)]
+                    rows.append((name, f"{fam} flood: RSS growth per learned route or stop"
+                                       f" filter (peak {f['entries']})",
+                                 " + ".join(f"{x:.0f}" for x in per) + " bytes"))
                 rows.append((name, f"{fam} flood: unresolved entries (peak of samples),"
                                    " per-source entries after",
                              f"{f['unresolved']}, {f['entries_after']}"))
