@@ -246,3 +246,23 @@ def test_a_flood_above_the_budget_fills_it_exactly(topo, smcrouted):
     kernel = out.stdout.split("Kernel MFC Table")[1]
     assert sum(1 for ln in kernel.splitlines() if ln.startswith("(") and "r-a" in ln) == limit
     assert daemon.proc.poll() is None
+
+
+def test_entries_go_to_the_daemons_table_and_follow_interfaces(topo, smcrouted):
+    """-t 10: the (*,G) entries are in table 10, none in the default tables;
+    when an outbound interface vanishes the entry loses it (and keeps
+    forwarding to the other), as a configured route does."""
+    daemon = smcrouted(CONFIG, [*ARGS, "-t", "10"])
+    for family, default in ((V4, 253), (V6, 254)):
+        want = star_entry(family, GROUP[family], "r-s", ["r-a", "r-b"])
+        assert wait_for(lambda f=family, w=want: read_mfc(topo.router, f, table=10) == {w},
+                        5.0), read_mfc(topo.router, family, table=10)
+        assert read_mfc(topo.router, family, table=default) == set()
+    topo.router.ip("link", "del", topo.rif("B"))
+    for family in (V4, V6):
+        want = star_entry(family, GROUP[family], "r-s", ["r-a"])
+        assert wait_for(lambda f=family, w=want: read_mfc(topo.router, f, table=10) == {w},
+                        5.0), read_mfc(topo.router, family, table=10)
+    # (the multicast routing rules that send traffic to table 10 are the
+    # operator's: ip rule; here the entry's contents are what is checked)
+    assert daemon.proc.poll() is None
