@@ -25,7 +25,7 @@ FAST_CHUNK = 64  # new flows per template the helper may install ahead of our bo
 COMPACT_AT = 4096  # flows at a peak from which memory is worth handing back
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (slots: a flood makes many; issue 17)
 class Flow:
     key: MfcKey
     iif: str  # the interface it arrived on
@@ -49,13 +49,23 @@ class FastTemplate:
     where: Where
 
 
+_SHAPES: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...], tuple[str, ...]]] = {}
+
+
 def entry(key: MfcKey, iif: str, oifs: Iterable[tuple[str, int]], where: Where | None,
           vifs: Mapping[tuple[int, str], Vif]) -> Mfc:
-    """The MFC entry of a flow: OIFs (name, ttl) in VIF order."""
+    """The MFC entry of a flow: OIFs (name, ttl) in VIF order. The flows of
+    one rule share their VIF tuples (a flood makes many)."""
     family = key.family
-    pairs = sorted((vifs[(family, name)].vif, ttl, name) for name, ttl in oifs)
-    return Mfc(key, vifs[(family, iif)].vif, tuple((v, t) for v, t, _ in pairs), iif,
-               tuple(n for _, _, n in pairs), where)
+    parent = vifs[(family, iif)].vif
+    pairs = tuple(sorted((vifs[(family, name)].vif, ttl, name) for name, ttl in oifs))
+    shape = _SHAPES.get((parent, pairs))
+    if shape is None:
+        if len(_SHAPES) >= 4096:  # (bounded: rules and slots change)
+            _SHAPES.clear()
+        shape = _SHAPES[(parent, pairs)] = (parent, tuple((v, t) for v, t, _ in pairs),
+                                            tuple(n for _, _, n in pairs))
+    return Mfc(key, shape[0], shape[1], iif, shape[2], where)
 
 
 def _wire_net(prefix: Prefix | None, family: int) -> tuple[bytes, int]:
@@ -118,7 +128,7 @@ class Limits:
     budget_stop_lifetime: float = 60.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Activity:
     created: float
     changed: float

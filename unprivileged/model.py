@@ -192,7 +192,7 @@ def sg(key: MfcKey) -> str:
     return f"({addr(key.source) if any(key.source) else '*'}, {addr(key.group)})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Mfc:
     """One kernel MFC entry and where it came from."""
 

@@ -80,14 +80,17 @@ def test_closing_kills_runs_under_way(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     script = write_script(tmp_path, f"echo $$ >> {pids}\nsleep 300\n")
 
+    log = FakeLog()
+
     async def main() -> list[int]:
-        runner = ActionScript(str(script), FakeLog(), timeout=60)  # type: ignore[arg-type]
+        runner = ActionScript(str(script), log, timeout=60)  # type: ignore[arg-type]
         runner.run("reload")
-        for _ in range(100):
+        for _ in range(400):  # (bounded: 20 s on a loaded machine)
             if pids.exists() and pids.read_text():
                 break
             await asyncio.sleep(0.05)
         runner.close()
+        assert pids.exists(), f"the script did not start: {log.lines}"
         return pids_in(pids)
 
     assert wait_gone(asyncio.run(main())) == []
