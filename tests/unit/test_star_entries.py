@@ -213,3 +213,15 @@ def test_group_stop_entries_only_in_kernel_star_g_mode() -> None:
     h = group_stop_harness(on=False)
     h.nocache("10.0.0.1", "225.9.9.9", "a")
     assert star("225.9.9.9") not in h.kernel_mfc() and len(h.kernel_mfc()) == 1
+
+
+def test_smcroutectl_add_and_remove_install_and_remove_the_entry() -> None:
+    h = group_stop_harness()
+    (r,) = h.ctl("add", "a", "225.3.3.3", "b")
+    assert r["ok"], r
+    a, b = h.core.plan.vifs[(4, "a")].vif, h.core.plan.vifs[(4, "b")].vif
+    assert h.kernel_mfc()[star("225.3.3.3")] == (a, tuple(sorted(((a, 1), (b, 1)))))
+    (r,) = h.ctl("remove", "a", "225.3.3.3")
+    assert r["ok"], r
+    assert star("225.3.3.3") not in h.kernel_mfc()
+    h.check_settled()
