@@ -62,7 +62,7 @@ from bench_star_g import (
     rx_packets,
     timestamped_receiver,
 )
-from common import BenchError, Smcrouted, raise_on_signals, workspace
+from common import BenchError, Smcrouted, guarded, raise_on_signals, workspace
 from netns import Topology
 
 GROUP = {4: "225.40.0.1", 6: "ff0e::40:1"}
@@ -318,13 +318,14 @@ def main() -> int:
              ("smcroute-py --kernel-star-g", args.smcrouted, ["--kernel-star-g"])]
     if args.c_smcrouted:
         modes.append(("C SMCRoute", args.c_smcrouted, []))
-    main_pid = os.getpid()
-    raise_on_signals(signal.SIGTERM)
+    raise_on_signals(signal.SIGTERM)  # unwinds through the clean-up
     rows: list[tuple[str, str, str]] = []
-    topo = None
+    built: list[Topology] = []
+
     with workspace("bench-kstarg") as ws:
-        try:
+        def body() -> None:
             topo = Topology.build(receivers=("A",))
+            built.append(topo)
             # spoofed sources are not on the link: no reverse-path filter in R
             topo.router.sysctl({"net.ipv4.conf.all.rp_filter": "0",
                                 f"net.ipv4.conf.{topo.rif('S')}.rp_filter": "0"})
@@ -332,17 +333,10 @@ def main() -> int:
                   f" load average {os.getloadavg()[0]:.2f} at start", flush=True)
             for name, binary, extra in modes:
                 run_mode(name, binary, extra, topo, ws, args, rows)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if os.getpid() != main_pid:
-                os._exit(1)
-            if topo is not None:
-                topo.destroy()
+
+        failed = guarded(body, lambda: [t.destroy() for t in built])
+        if failed is not None:
+            return failed
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)))

@@ -52,10 +52,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: sys.path[0] already
 
-from common import BenchError, Smcrouted, raise_on_signals, workspace
+from common import BenchError, Smcrouted, guarded, raise_on_signals, workspace
 from netns import McastSender, Receiver, Topology
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -410,14 +411,21 @@ def main() -> int:
         print("--burst must stay within 225.20.0.0/16", file=sys.stderr)
         return 2
 
-    main_pid = os.getpid()
-    raise_on_signals(signal.SIGTERM)  # unwinds through the clean-up below
+    raise_on_signals(signal.SIGTERM)  # unwinds through the clean-up
     res = Results()
-    topo = daemon = None
+    made: dict[str, Any] = {}
+
+    def cleanup() -> None:
+        if "daemon" in made:
+            made["daemon"].stop()
+        if "topo" in made:
+            made["topo"].destroy()
+
     with workspace("bench") as ws:
-        try:
-            topo = Topology.build(receivers=("A",))
-            daemon = Daemon(args.smcrouted, topo, ws.workdir, ["-l", args.level])
+        def body() -> None:
+            topo = made["topo"] = Topology.build(receivers=("A",))
+            daemon = made["daemon"] = Daemon(args.smcrouted, topo, ws.workdir,
+                                             ["-l", args.level])
             daemon.start()
             print(f"smcrouted {args.smcrouted} -l {args.level} in {topo.router.name};"
                   f" {os.cpu_count()} CPUs; kernel {os.uname().release};"
@@ -435,19 +443,10 @@ def main() -> int:
                         bench_burst(topo, daemon, family, args, res)
                 report_bursts(res, args)
             daemon.check_alive()
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if os.getpid() != main_pid:
-                os._exit(1)
-            if daemon is not None:
-                daemon.stop()
-            if topo is not None:
-                topo.destroy()
+
+        failed = guarded(body, cleanup)
+        if failed is not None:
+            return failed
     print()
     print_table(res)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")

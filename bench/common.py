@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,3 +224,23 @@ def _is_helper(pid: int) -> bool:
         return b"smcroute.privileged" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
+
+
+def guarded(body: Callable[[], None], cleanup: Callable[[], None]) -> int | None:
+    """Run a benchmark's body, then cleanup whatever happens (in the main
+    process only: a forked child that got here exits at once). Returns 130
+    after Ctrl-C, 1 after a BenchError (both said on stderr), else None."""
+    main_pid = os.getpid()
+    try:
+        body()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if os.getpid() != main_pid:
+            os._exit(1)
+        cleanup()
+    return None
