@@ -336,7 +336,7 @@ class Plan:
             self._star_done = True
             star = star_entries(self)
             for key in self.star.keys() | star.keys():
-                if self.star.get(key) != star.get(key) and key not in self._contrib:
+                if self.star.get(key) != star.get(key):
                     self.changes.mfc.add(key)
                     if key in star:
                         self.mfc[key] = star[key]
@@ -720,7 +720,8 @@ def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     dropped, not routed), its inbound interface is not among its outbound
     ones (an (S,G) entry forwards back out there, a (*,G) one does not), and
     no earlier rule took G (the kernel holds one entry per (S,G), so also one
-    per (*,G)). The others keep the upcall path. Pure; O(templates)."""
+    per (*,G)), nor a configured route with the zero source. The others keep
+    the upcall path. Pure; O(templates)."""
     exact: dict[tuple[int, str], dict[bytes, int]] = {}  # first seq per exact group
     ranges: dict[tuple[int, str], list[tuple[int, int, int]]] = {}  # (seq, gnet, gmask)
     candidates: list[Route] = []
@@ -751,7 +752,7 @@ def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     for route in sorted(candidates, key=lambda r: r.seq):
         family, group = route.family, route.rule.group.packed
         key = MfcKey(family, zero(family), group)
-        if (key in out or route.iif in route.oifs
+        if (key in out or key in p._contrib or route.iif in route.oifs
                 or covered(family, route.iif, group, route.seq)
                 or any(covered(family, name, group, None) for name in route.oifs)):
             continue

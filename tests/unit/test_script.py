@@ -19,8 +19,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie of ours is dead too
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    # a zombie of ours is dead too; gone between the two looks: dead as well
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:

@@ -225,3 +225,53 @@ def test_smcroutectl_add_and_remove_install_and_remove_the_entry() -> None:
     assert r["ok"], r
     assert star("225.3.3.3") not in h.kernel_mfc()
     h.check_settled()
+
+
+# -- the kernel's lookup with these entries does what the per-source path does ----------------
+
+POOL = [
+    "mroute from a1 group 225.1.1.1 to a2",
+    "mroute from a1 group 225.1.1.1 to a3",
+    "mroute from a1 group 225.1.1.2 to a2 a3",
+    "mroute from a2 group 225.1.1.1 to b1",
+    "mroute from a2 group 225.1.1.2 to a1",
+    "mroute from a3 group 225.1.1.0/30 to a1",
+    "mroute from a1 group 225.1.1.0/31 to b1",
+    "mroute from b1 group 225.1.1.1 to b1 a2",
+    "mroute from b1 source 10.0.0.1 group 225.1.1.2 to a3",
+    "mroute from a3 source 10.0.0.0/31 group 225.1.1.1 to a2",
+    "mroute from a2 group 225.1.1.3 to a3",
+    "mroute from a3 group 225.1.1.3 to a2",
+]
+PACKETS = [(iif, s, g) for iif in IFS for s in ("10.0.0.1", "10.0.0.2")
+           for g in ("225.1.1.1", "225.1.1.2", "225.1.1.3")]
+
+
+def per_source(p: Plan, iif: str, source: bytes, group: bytes) -> set[str]:
+    """Where the upcall path sends a new (S,G): the first template's OIFs
+    (a learned route) or nowhere (a stop filter)."""
+    route = p.match(4, iif, source, group)
+    return set(route.oifs) if route is not None else set()
+
+
+def kernel(p: Plan, iif: str, source: bytes, group: bytes) -> set[str]:
+    """Where the kernel sends it with the (*,G) entries: ip_mr_input's
+    ipmr_cache_find_any (the entry is used if iif is marked; from its
+    parent to the other marked VIFs, from another marked VIF nowhere),
+    else the upcall path."""
+    m = p.mfc.get(MfcKey(4, zero(4), group))
+    marked = dict(zip(m.oif_names, (t for _, t in m.oifs), strict=True)) if m else {}
+    if iif not in marked:
+        return per_source(p, iif, source, group)
+    return set(marked) - {iif} if iif == m.iif_name else set()  # type: ignore[union-attr]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(POOL), max_size=7))
+def test_the_kernel_with_these_entries_routes_as_the_upcall_path(lines: list[str]) -> None:
+    p = star_plan("\n".join(lines) + "\n")
+    for iif, s, g in PACKETS:
+        source, group = ipaddress.ip_address(s).packed, ipaddress.ip_address(g).packed
+        if MfcKey(4, source, group) in p.mfc:
+            continue  # a configured (S,G): the kernel finds it first in both modes
+        assert kernel(p, iif, source, group) == per_source(p, iif, source, group), (iif, s, g)
