@@ -220,23 +220,30 @@ def test_a_group_no_rule_covers_gets_one_stop_entry(topo, smcrouted, family):
 
 
 FLOOD_RULES = PHYINTS + "mroute from r-s group 225.7.0.0/16 to r-a\n" + "".join(
-    f"mroute from r-s group 225.{i}.0.0/16 to r-b\n" for i in range(50, 59))
+    f"mroute from r-s group 225.{i}.0.0/16 to r-b\n" for i in range(50, 59)) + \
+    "mroute from r-s group ff0e::7:0/112 to r-a\n" + "".join(
+    f"mroute from r-s group ff0e::{i:x}:0/112 to r-b\n" for i in range(0x50, 0x59))
 
 
-def test_a_flood_above_the_budget_fills_it_exactly(topo, smcrouted):
-    """--max-learned 1000, ten rules (nine see no traffic, each given
-    fast-path reserve at start), 2500 new flows at one rule: exactly 1000
-    learned routes, and show still answers."""
-    limit = 1000
+def flood_group(family: int, i: int) -> str:
+    return f"225.7.{i // 250}.{i % 250 + 1}" if family == V4 else f"ff0e::7:{i + 1:x}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_flood_above_the_budget_fills_it_exactly(topo, smcrouted, family):
+    """--max-learned 2000, ten rules per family (nine see no traffic, each
+    given fast-path reserve at start), 5000 new flows at one rule: exactly
+    2000 learned routes, and show still answers."""
+    limit = 2000
     daemon = smcrouted(FLOOD_RULES, ["--max-learned", str(limit)])
-    with McastSender(topo.sender, SSM_SOURCE[V4], topo.leaf_if("S")) as tx:
-        for i in range(2500):
-            tx.send(f"225.7.{i // 250}.{i % 250 + 1}", PORT, b"flood")
+    with McastSender(topo.sender, SSM_SOURCE[family], topo.leaf_if("S")) as tx:
+        for i in range(5000):
+            tx.send(flood_group(family, i), PORT, b"flood")
             if i % 100 == 99:
                 time.sleep(0.01)
 
     def learned():
-        return sum(1 for e in read_mr_cache(daemon.pid, V4) if e.resolved and e.oifs)
+        return sum(1 for e in read_mr_cache(daemon.pid, family) if e.resolved and e.oifs)
 
     wait_for(lambda: learned() >= limit, 10.0)
     time.sleep(1.0)  # nothing changes any more: one /proc read is consistent
