@@ -46,13 +46,13 @@ import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_star_g
 from bench_star_g import (
     HEADER,
     MARKER,
@@ -62,7 +62,7 @@ from bench_star_g import (
     rx_packets,
     timestamped_receiver,
 )
-from common import BenchError, Smcrouted, guarded, raise_on_signals, workspace
+from common import guarded, raise_on_signals, workspace
 from netns import Topology
 
 GROUP = {4: "225.40.0.1", 6: "ff0e::40:1"}
@@ -130,19 +130,15 @@ class RawSender:
         self.sock.close()
 
 
-class Daemon(Smcrouted):
+class Daemon(bench_star_g.Daemon):
+    """bench_star_g's daemon with this benchmark's configuration."""
+
     def __init__(self, binary: str, topo: Topology, workdir: Path, args: list[str]):
-        super().__init__(workdir)
+        super().__init__(binary, topo, workdir, args)
         self.conf.write_text(CONFIG)
-        self.argv = ["ip", "netns", "exec", topo.router.name, binary, "-n", "-f",
-                     str(self.conf), "-P", str(self.pidfile), "-u", str(self.sock), *args]
 
     def start(self, timeout: float = 15.0) -> None:
-        with open(self.logfile, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        if not self.wait_ready(timeout, 0.05):
-            raise BenchError(f"smcrouted not ready within {timeout}s; log:\n{self.log_tail(4000)}")
+        super().start(timeout)
         time.sleep(1.0)  # start-up work done
         self.note_helpers()
 

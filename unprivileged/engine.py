@@ -43,6 +43,7 @@ from smcroute.unprivileged.model import (
     Phyint,
     Prefix,
     Vif,
+    zero,
 )
 
 VifTable = Mapping[object, Vif]  # installed VIFs; only the values matter
@@ -270,7 +271,6 @@ class Plan:
         self.mrdisc: set[str] = set()  # interfaces with mrdisc on
         self.thresholds: dict[str, int] = {}
         self.changes = Changes()
-        self._star_done = False  # star entries worked out once at least
         self._seq = itertools.count()
         self._contrib: dict[MfcKey, list[Route]] = {}  # (S,G) routes per entry, in rule order
         self._templates: dict[tuple[int, str], list[Route]] = {}  # per inbound, in rule order
@@ -331,9 +331,7 @@ class Plan:
         return False
 
     def take_changes(self) -> Changes:
-        if self.kernel_star_g and (self.changes.inbound or self.slots.changed
-                                   or not self._star_done):
-            self._star_done = True
+        if self.kernel_star_g and (self.changes.inbound or self.slots.changed):
             star = star_entries(self)
             for key in self.star.keys() | star.keys():
                 if self.star.get(key) != star.get(key):
@@ -696,15 +694,6 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
 
 
 # -- kernel (*,G) entries ---------------------------------------------------------------
-
-def zero(family: int) -> bytes:
-    """The source of a kernel (*,G) entry: 0.0.0.0 or ::."""
-    return bytes(4 if family == 4 else 16)
-
-
-def is_star(key: MfcKey) -> bool:
-    return not any(key.source)
-
 
 def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     """The kernel (*,G) entries of --kernel-star-g: for each source-less rule

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from smcroute.ipc.helper import Template, Upcall
 from smcroute.unprivileged.budget import Throttle, TokenBucket
-from smcroute.unprivileged.engine import Plan, Route, RuleKey, is_star, zero
-from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr
+from smcroute.unprivileged.engine import Plan, Route, RuleKey
+from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr, is_star, zero
 
 FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
 COMPACT_AT = 4096  # flows at a peak from which memory is worth handing back

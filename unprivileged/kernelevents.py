@@ -25,7 +25,7 @@ from smcroute.unprivileged.flows import Decision
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.ledger import Op
 from smcroute.unprivileged.levels import PRIORITY
-from smcroute.unprivileged.model import Mfc, MfcKey, addr, sg
+from smcroute.unprivileged.model import Mfc, MfcKey, addr, is_star, sg
 from smcroute.unprivileged.mrdisc import QUIET
 
 
@@ -113,7 +113,7 @@ class KernelEvents(CoreState):
                     if debug:
                         m = op.after
                         assert isinstance(m, Mfc)
-                        oifs = [n for n in m.oif_names if n != m.iif_name or any(key.source)]
+                        oifs = [n for n in m.oif_names if n != m.iif_name or not is_star(key)]
                         self._log("debug", f"Add {sg(key)} from {m.iif_name} to"
                                            f" {' '.join(oifs) or '(none)'}")
                     if isinstance(d, Decision) and not d.flow.stop:

@@ -187,9 +187,19 @@ def addr(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
 
+def zero(family: int) -> bytes:
+    """The source of a kernel (*,G) entry: 0.0.0.0 or ::."""
+    return bytes(4 if family == 4 else 16)
+
+
+def is_star(key: MfcKey) -> bool:
+    """A kernel (*,G) entry (--kernel-star-g), not an (S,G)."""
+    return not any(key.source)
+
+
 def sg(key: MfcKey) -> str:
     """(S, G) as logs and show write it; a kernel (*,G) entry is (*, G)."""
-    return f"({addr(key.source) if any(key.source) else '*'}, {addr(key.group)})"
+    return f"({'*' if is_star(key) else addr(key.source)}, {addr(key.group)})"
 
 
 @dataclass(frozen=True, slots=True)

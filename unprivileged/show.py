@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from smcroute.policy.limits import MAXVIFS
-from smcroute.unprivileged.engine import Route, is_star
+from smcroute.unprivileged.engine import Route
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.groups import text as grouptext
 from smcroute.unprivileged.model import (
@@ -25,6 +25,7 @@ from smcroute.unprivileged.model import (
     Prefix,
     Vif,
     addr,
+    is_star,
 )
 
 Counters = Callable[[MfcKey], tuple[int, int]]  # (packets, bytes)

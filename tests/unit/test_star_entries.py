@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from smcroute.unprivileged import show
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.core import Settings
-from smcroute.unprivileged.engine import Plan, is_star, plan, rule_key, zero
-from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Mroute
+from smcroute.unprivileged.engine import Plan, plan, rule_key
+from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Mroute, is_star, zero
 
 from .corehelp import Harness
 
