@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 MAX_ID = 2**63 - 1
+COMPACT_AT = 4096  # MFC entries at a peak from which the set is worth rebuilding
 # The errnos with which the kernel says a VIF or MFC entry to delete is gone
 # already (a VIF goes with its device): a delete that is done, all the same.
 ABSENT = (errno.ENOENT, errno.EADDRNOTAVAIL)
@@ -208,7 +209,11 @@ class State:
         self.about = about or {"table": 0, "pid": os.getpid(), "sandbox": "none: not applied"}
         self.clock = clock or time.monotonic  # for the mrdisc rate
         self.vifs: dict[int, dict[int, int]] = {4: {}, 6: {}}  # family: {vif: ifindex}
-        self.mfc: set[tuple[int, bytes, bytes]] = set()
+        # Installed MFC entries, keyed source + group (the length tells the
+        # family): one bytes object an entry, not a tuple of three (a flood
+        # fills this set; issue 17).
+        self.mfc: set[bytes] = set()
+        self.mfc_peak = 0  # most entries since the set was last rebuilt
         self.mrdisc_tokens: dict[int, tuple[float, float]] = {}  # vif: (tokens, at)
         self.generation = 0
         self.templates: tuple = ()  # as _template gives them
@@ -237,11 +242,21 @@ def install(k: Kernel, st: State, family: int, source: bytes, group: bytes, iif:
     """add_mfc, also the fast path's: VIFs we added, the MFC cap."""
     for vif in (iif, *(vif for vif, _ in oifs)):
         st.vif(family, vif)
-    if len(st.mfc) >= st.max_mfc and (family, source, group) not in st.mfc:
+    key = source + group
+    if len(st.mfc) >= st.max_mfc and key not in st.mfc:
         raise Refusal(errno.ENOSPC, f"MFC entry cap of {st.max_mfc} reached")
     k.add_mfc(family, source, group, iif, oifs)
-    st.mfc.add((family, source, group))
+    st.mfc.add(key)
+    st.mfc_peak = max(st.mfc_peak, len(st.mfc))
     return {}
+
+
+def forget_mfc(st: State, key: bytes) -> None:
+    """An entry is gone. A set keeps the table of its peak: rebuilt once
+    most of a flood's entries have gone, so the memory comes back."""
+    st.mfc.discard(key)
+    if st.mfc_peak >= COMPACT_AT and len(st.mfc) <= st.mfc_peak // 4:
+        st.mfc, st.mfc_peak = set(st.mfc), len(st.mfc)
 
 
 def _delete(kernel_op: Callable[[], None], forget: Callable[[], object]) -> dict:
@@ -278,8 +293,9 @@ def add_mfc(k: Kernel, st: State, r: dict) -> dict:
 
 
 def del_mfc(k: Kernel, st: State, r: dict) -> dict:
-    key = (r["family"], r["source"], r["group"])
-    return _delete(lambda: k.del_mfc(*key), lambda: st.mfc.discard(key))
+    family, source, group = r["family"], r["source"], r["group"]
+    return _delete(lambda: k.del_mfc(family, source, group),
+                   lambda: forget_mfc(st, source + group))
 
 
 def sg_count(k: Kernel, st: State, r: dict) -> dict:

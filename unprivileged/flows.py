@@ -23,15 +23,24 @@ from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr, i
 
 FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
 COMPACT_AT = 4096  # flows at a peak from which memory is worth handing back
+GROUPS_KEPT = 4096  # distinct group addresses whose bytes flows share
 
 
-@dataclass(frozen=True, slots=True)  # (slots: a flood makes many; issue 17)
+@dataclass(slots=True)  # (slots: a flood makes many; issue 17)
 class Flow:
+    """A flow and what is decided for it (compared), with its activity (not
+    compared: the same decision later is the same flow). The activity lives
+    here rather than in a table of its own: a flood makes many flows, and a
+    second object and dict entry each cost more than the three slots."""
+
     key: MfcKey
     iif: str  # the interface it arrived on
     entry: Mfc  # what the kernel holds for it
     rule: RuleKey | None = None  # the template that gave a learned route its OIFs
     budget: bool = False  # a stop filter because a budget was exhausted: it expires
+    created: float | None = field(default=None, compare=False)  # None: not yet seen by expiry
+    changed: float = field(default=0.0, compare=False)  # its valid packet count last moved
+    count: int | None = field(default=None, compare=False)  # valid packets at the last sample
 
     @property
     def stop(self) -> bool:
@@ -128,13 +137,6 @@ class Limits:
     budget_stop_lifetime: float = 60.0
 
 
-@dataclass(slots=True)
-class Activity:
-    created: float
-    changed: float
-    count: int | None = None  # valid packets (packets - wrong_if) at the last sample
-
-
 @dataclass(frozen=True)
 class Decision:
     """A flow decided from an upcall; prior is what it replaces (WRONGVIF)."""
@@ -160,7 +162,7 @@ class FlowTable:
         self.verbose = verbose  # per-upcall info lines (formatting them costs)
         self.group_stops = group_stops  # --kernel-star-g: see _group_stop()
         self.flows: dict[MfcKey, Flow] = {}
-        self.activity: dict[MfcKey, Activity] = {}
+        self._groups: dict[bytes, bytes] = {}  # one bytes object per group: see key()
         self.throttle = Throttle()
         self.bucket = TokenBucket(self.limits.upcall_rate, self.limits.upcall_rate)
         self.said = Said()
@@ -169,7 +171,6 @@ class FlowTable:
         self.learned: Counter[RuleKey] = Counter()  # learned routes per rule
         self.total = 0  # learned routes
         self.stops = 0  # stop filters
-        self._at: dict[tuple[int, str], set[MfcKey]] = {}  # flows per inbound interface
         # Reserve of replaced fast-path generations, by generation: the helper
         # may still spend it until it has answered their replacement (its
         # reply comes after every flow it installed before). Counted in the
@@ -189,29 +190,40 @@ class FlowTable:
     def get(self, key: MfcKey) -> Flow | None:
         return self.flows.get(key)
 
+    def key(self, u: Upcall) -> MfcKey:
+        """An upcall's (S,G); the flows of one group share its bytes (a flood
+        of new sources brings a copy of the group in every upcall)."""
+        group = self._groups.get(u.group)
+        if group is None:
+            if len(self._groups) >= GROUPS_KEPT:
+                self._groups.clear()
+            group = self._groups[u.group] = u.group
+        return MfcKey(u.family, u.source, group)
+
     # -- the table --------------------------------------------------------------
 
     def _put(self, flow: Flow, now: float | None = None) -> None:
+        """Add or replace a flow: new activity from now, else the replaced
+        flow's (if any) carries over."""
         old = self.flows.get(flow.key)
         if old is not None:
             self._take(old)
+            if now is None and old is not flow:
+                _carry(old, flow)
         self.flows[flow.key] = flow
         if len(self.flows) > self.peak:
             self.peak = len(self.flows)
-        self._at.setdefault((flow.key.family, flow.iif), set()).add(flow.key)
         if flow.rule is None:
             self.stops += 1
         else:
             self.learned[flow.rule] += 1
             self.total += 1
         if now is not None:
-            self.activity[flow.key] = Activity(now, now)
+            flow.created = flow.changed = now
+            flow.count = None
 
     def _take(self, flow: Flow) -> None:
         """Uncount a flow (the caller removes or replaces it)."""
-        at = self._at.get((flow.key.family, flow.iif))
-        if at is not None:
-            at.discard(flow.key)
         if flow.rule is None:
             self.stops -= 1
         else:
@@ -228,7 +240,6 @@ class FlowTable:
             if flow is not None:
                 self._take(flow)
                 gone.append(flow)
-            self.activity.pop(key, None)
         return gone
 
     def shrunk(self) -> bool:
@@ -239,8 +250,6 @@ class FlowTable:
         """Rebuild the tables: a dict keeps the size of its peak, however
         many entries left it."""
         self.flows = dict(self.flows)
-        self.activity = dict(self.activity)
-        self._at = {where: set(keys) for where, keys in self._at.items() if keys}
         self.peak = len(self.flows)
 
     def failed(self, d: Decision) -> bool:
@@ -281,7 +290,7 @@ class FlowTable:
         out: list[Decision] = []
         seen: set[MfcKey] = set()
         for u in upcalls:
-            key = MfcKey(u.family, u.source, u.group)
+            key = self.key(u)
             if key in seen:
                 continue
             seen.add(key)
@@ -418,20 +427,22 @@ class FlowTable:
                         route, budget = None, True
                     new = self._flow(key, flow.iif, route, budget, plan.vifs)
             if new is None:
-                self.activity.pop(key, None)
                 changed.add(key)
                 continue
+            _carry(flow, new)
             self._put(new)
             if new != flow:
                 changed.add(key)
         return changed
 
     def at(self, inbound: Iterable[tuple[int, str]]) -> set[MfcKey]:
-        """The flows arriving on these (family, interface)s."""
-        out: set[MfcKey] = set()
-        for where in inbound:
-            out |= self._at.get(where, set())
-        return out
+        """The flows arriving on these (family, interface)s: a scan (an index
+        by interface cost more memory per flow than the flow itself; edits
+        that change a rule's inbound interface are rare next to upcalls)."""
+        want = set(inbound)
+        if not want or not self.flows:
+            return set()
+        return {k for k, f in self.flows.items() if (k.family, f.iif) in want}
 
     # -- the helper's fast path ---------------------------------------------------
 
@@ -477,7 +488,7 @@ class FlowTable:
         return tuple(books.limits) if changed else None
 
     def fast_learned(self, u: Upcall, iif: str | None, vifs: Mapping[tuple[int, str], Vif],
-                     now: float, book: bool = True) -> Flow | None:
+                     now: float, book: bool = True, key: MfcKey | None = None) -> Flow | None:
         """A flow the helper installed itself. Its reserve is spent; if
         book, it goes into the table. None if it was installed for
         templates since replaced (the caller removes it: its next packet
@@ -491,7 +502,7 @@ class FlowTable:
         books.used[u.index] += 1
         self.reserved[route.rule] -= 1
         self.reserved_total -= 1
-        key = MfcKey(u.family, u.source, u.group)
+        key = key or self.key(u)
         flow = Flow(key, iif, entry(key, iif, route.oifs, route.where, vifs), route.rule)
         if book:
             self._put(flow, now)
@@ -504,15 +515,21 @@ class FlowTable:
         seconds, or budget stop filters past their lifetime."""
         gone = []
         for key, flow in self.flows.items():
-            act = self.activity.setdefault(key, Activity(now, now))
+            if flow.created is None:
+                flow.created = flow.changed = now
             count = counts.get(key)
-            if count is not None and act.count is not None and count != act.count:
-                act.changed = now
+            if count is not None and flow.count is not None and count != flow.count:
+                flow.changed = now
             if count is not None:
-                act.count = count
+                flow.count = count
             if flow.budget:
-                if now - act.created >= self.limits.budget_stop_lifetime:
+                if now - flow.created >= self.limits.budget_stop_lifetime:
                     gone.append(key)
-            elif max_idle > 0 and now - act.changed >= max_idle:
+            elif max_idle > 0 and now - flow.changed >= max_idle:
                 gone.append(key)
         return gone
+
+
+def _carry(old: Flow, new: Flow) -> None:
+    """A flow decided anew (rematch, a refusal taken back) keeps its activity."""
+    new.created, new.changed, new.count = old.created, old.changed, old.count

@@ -73,11 +73,11 @@ class KernelEvents(CoreState):
         stale: list[Op] = []
         ledger, flows = self.ledger, self.flows
         for u in learned:
-            key = MfcKey(u.family, u.source, u.group)
+            key = flows.key(u)
             # ours replaces the helper's: in flight, or the configuration's
             mine = key in ledger.mfc or ledger.busy(key) or key in self.plan.mfc
             flow = flows.fast_learned(u, names.get((u.family, u.vif)), self.plan.vifs, now,
-                                      book=not mine)
+                                      book=not mine, key=key)
             if flow is None:
                 if not mine:
                     stale.append(ledger.del_mfc(key))

@@ -276,7 +276,7 @@ def test_helper_installs_what_a_template_allows_and_says_so() -> None:
         [4, "nocache", 0, S4, g3],  # no template: the controller decides
         [4, "wrongvif", 0, S4, g1],  # never on the fast path
     ]
-    assert (4, S4, g1) in server.state.mfc  # counted against the MFC cap
+    assert S4 + g1 in server.state.mfc  # counted against the MFC cap
     assert server.state.used == [1]
 
 

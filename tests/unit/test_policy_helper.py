@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import ipaddress
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -819,7 +820,7 @@ def test_fresh_state() -> None:
         0, (), {}, [], [])
     other = ops.State()
     other.vifs[4][0] = 1
-    other.mfc.add((4, V4_SRC, V4_GRP))
+    other.mfc.add(V4_SRC + V4_GRP)
     assert state.vifs == {4: {}, 6: {}} and state.mfc == set()  # no shared default
     assert ops.State(7).max_mfc == 7
 
@@ -944,7 +945,7 @@ def test_add_mfc_needs_every_vif(family: int) -> None:
     src, grp = (V4_SRC, V4_GRP) if family == 4 else (V6_SRC, V6_GRP)
     # what went in last: the kernel has it, with its oifs sorted
     assert k.mfc == {(family, src, grp): (1, ((0, 1),))}
-    assert state.mfc == {(family, src, grp)}
+    assert state.mfc == {src + grp}
 
 
 def test_add_mfc_hands_the_kernel_sorted_oifs() -> None:
@@ -986,9 +987,10 @@ def test_mfc_cap() -> None:
     assert attempt(k, state, "del_mfc", source=third) == errno.ENOENT  # the kernel's
     assert k.calls[calls:] == [("del_mfc", 4, third, V4_GRP)]
     assert refusal(k, state, "del_mfc", source=first) is None
-    assert state.mfc == {(4, second, V4_GRP)}
+    assert state.mfc == {second + V4_GRP}
     assert add_mfc(k, state, 0, source=third) is None
-    assert state.mfc == set(k.mfc) == {(4, second, V4_GRP), (4, third, V4_GRP)}
+    assert set(k.mfc) == {(4, second, V4_GRP), (4, third, V4_GRP)}
+    assert state.mfc == {second + V4_GRP, third + V4_GRP}
 
 
 def test_mfc_cap_zero() -> None:
@@ -1038,7 +1040,7 @@ def test_del_mfc_other_errors_keep_the_entry(err: int) -> None:
     assert add_mfc(k, state, 0) is None
     k.fail["del_mfc"] = err
     assert attempt(k, state, "del_mfc") == err
-    assert state.mfc == {(4, V4_SRC, V4_GRP)} == set(k.mfc)
+    assert state.mfc == {V4_SRC + V4_GRP} and set(k.mfc) == {(4, V4_SRC, V4_GRP)}
 
 
 def test_execute_bookkeeping() -> None:
@@ -1053,7 +1055,7 @@ def test_execute_bookkeeping() -> None:
     assert add_mfc(k, state, 3, [], 4) is None
     assert add_mfc(k, state, 3, [], 4) is None  # idempotent
     assert add_mfc(k, state, 5, [], 6) is None
-    assert state.mfc == {(4, V4_SRC, V4_GRP), (6, V6_SRC, V6_GRP)}
+    assert state.mfc == {V4_SRC + V4_GRP, V6_SRC + V6_GRP}
     k.counts[(4, V4_SRC, V4_GRP)] = (10, 1000, 2)
     r = request("sg_count")
     assert ops.execute(k, state, r) == {"id": 7, "ok": True, "packets": 10, "bytes": 1000,
@@ -1062,10 +1064,10 @@ def test_execute_bookkeeping() -> None:
     assert len(state.mfc) == 2
     assert attempt(k, state, "del_mfc") is None
     assert attempt(k, state, "del_mfc") == errno.ENOENT  # absent: the kernel says so
-    assert state.mfc == {(6, V6_SRC, V6_GRP)}
+    assert state.mfc == {V6_SRC + V6_GRP}
     assert attempt(k, state, "del_vif", 6, vif=5) is None
     assert state.vifs == {4: {3: 7}, 6: {}}
-    assert state.mfc == set(k.mfc)
+    assert state.mfc == {s + g for _, s, g in k.mfc}
 
 
 def test_hello_modules_are_always_allowed() -> None:
@@ -1432,7 +1434,7 @@ def test_property_state_follows_the_kernel(max_mfc: int, steps: list[tuple[str, 
             # (but the mrdisc tokens, which a refusal updates)
             assert snapshot(state)[:2] + snapshot(state)[3:] == before[:2] + before[3:]
         # the state holds what the kernel holds
-        assert state.mfc == set(k.mfc)
+        assert state.mfc == {s + g for _, s, g in k.mfc}
         assert len(state.mfc) <= state.max_mfc
         for family in (4, 6):
             vifs, kvifs = state.vifs[family], k.vifs[family]
@@ -1546,3 +1548,21 @@ def test_star_g_entries_are_add_mfc_with_a_zero_source_under_the_same_checks(
     assert reply_errno(ops.execute(k, state, other), other) == errno.ENOSPC
     with pytest.raises(ops.Violation):
         ops.parse(with_(valid("add_mfc", family), source=zero, group=zero))
+
+
+def test_mfc_set_is_rebuilt_once_a_flood_has_gone() -> None:
+    """The helper's set of entries gives its peak's table back (issue 17)."""
+    k, state = Kernel(), ops.State(max_mfc=10 * ops.COMPACT_AT)
+    assert add_vif(k, state, 0, 10) is None
+    sources = [(0x0A000000 + i).to_bytes(4, "big") for i in range(ops.COMPACT_AT)]
+    for s in sources:
+        assert add_mfc(k, state, 0, source=s) is None
+    assert state.mfc_peak == ops.COMPACT_AT
+    big = state.mfc
+    for s in sources[: ops.COMPACT_AT * 3 // 4 - 1]:
+        assert refusal(k, state, "del_mfc", source=s) is None
+    assert state.mfc is big  # most entries still there: left alone
+    assert refusal(k, state, "del_mfc", source=sources[ops.COMPACT_AT * 3 // 4 - 1]) is None
+    assert state.mfc is not big and state.mfc_peak == len(state.mfc) == ops.COMPACT_AT // 4
+    assert state.mfc == {s + V4_GRP for s in sources[ops.COMPACT_AT * 3 // 4:]}
+    assert sys.getsizeof(state.mfc) < sys.getsizeof(big)
