@@ -20,10 +20,14 @@ from smcroute.ipc.helper import Template, Upcall
 from smcroute.unprivileged.budget import Throttle, TokenBucket
 from smcroute.unprivileged.engine import Plan, Route, RuleKey
 from smcroute.unprivileged.model import Mfc, MfcKey, Prefix, Vif, Where, addr, is_star, zero
+from smcroute.unprivileged.options import OVERLOAD_STOPS
 
 FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
 COMPACT_AT = 4096  # flows at a peak from which memory is worth handing back
 GROUPS_KEPT = 4096  # distinct group addresses whose bytes flows share
+# How long an overload stop (see _overload) lasts: the kernel's own hold on
+# an unanswered flow is 10 s.
+OVERLOAD_LIFETIME = 10.0
 
 
 @dataclass(slots=True)  # (slots: a flood makes many; issue 17)
@@ -45,6 +49,11 @@ class Flow:
     @property
     def stop(self) -> bool:
         return self.rule is None
+
+    @property
+    def overload(self) -> bool:
+        """A group's stop entry made because the daemon was over a budget."""
+        return self.budget and not any(self.key.source)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class Limits:
     max_per_rule: int = 20_000
     upcall_rate: int = 10_000
     budget_stop_lifetime: float = 60.0
+    overload_lifetime: float = OVERLOAD_LIFETIME
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,7 @@ class FlowTable:
         self.learned: Counter[RuleKey] = Counter()  # learned routes per rule
         self.total = 0  # learned routes
         self.stops = 0  # stop filters
+        self.overloads = 0  # overload stops, of those (see _overload)
         # Reserve of replaced fast-path generations, by generation: the helper
         # may still spend it until it has answered their replacement (its
         # reply comes after every flow it installed before). Counted in the
@@ -215,6 +226,7 @@ class FlowTable:
             self.peak = len(self.flows)
         if flow.rule is None:
             self.stops += 1
+            self.overloads += flow.overload
         else:
             self.learned[flow.rule] += 1
             self.total += 1
@@ -226,6 +238,7 @@ class FlowTable:
         """Uncount a flow (the caller removes or replaces it)."""
         if flow.rule is None:
             self.stops -= 1
+            self.overloads -= flow.overload
         else:
             self.learned[flow.rule] -= 1
             if not self.learned[flow.rule]:
@@ -317,7 +330,10 @@ class FlowTable:
                 continue
             if not self.bucket.take(now):
                 self.quiet("rate", f"upcall budget of {self.limits.upcall_rate}/s exhausted:"
-                                    " new flows ignored for now", now)
+                                    " new flows of the group stopped for now", now)
+                if d := self._overload(key, iif, plan, installed):
+                    self._put(d.flow, now)
+                    out.append(d)
                 continue
             route = plan.match(key.family, iif, key.source, key.group)
             budget = False
@@ -327,7 +343,10 @@ class FlowTable:
                 route, budget = None, True
             if route is None and self.stops >= self.limits.max_learned:
                 self.quiet("stops", f"stop filter budget of {self.limits.max_learned}"
-                                     " exhausted: new flows ignored for now", now)
+                                     " exhausted: new flows of the group stopped for now", now)
+                if d := self._overload(key, iif, plan, installed):
+                    self._put(d.flow, now)
+                    out.append(d)
                 continue
             if route is None and self.verbose and not budget:
                 self.said("info", f"Multicast from {addr(key.source)}, group {addr(key.group)},"
@@ -362,6 +381,24 @@ class FlowTable:
                               f" on {iif} does not match any (*,G) rule: a stop entry for"
                               " the group")
         return Decision(Flow(gkey, iif, entry(gkey, iif, ((iif, 1),), None, plan.vifs)))
+
+    def _overload(self, key: MfcKey, iif: str, plan: Plan,
+                  installed: Mapping[MfcKey, Mfc]) -> Decision | None:
+        """Over the upcall rate or the stop-filter budget, a new flow is not
+        worth its own entry, but ignoring it would leave the kernel holding
+        it (an unresolved entry, up to 10 s, for every new source): one
+        stop entry for its whole group on iif answers it and every source
+        after it (a kernel (*,G) entry whose only VIF is iif: nothing
+        forwarded, no upcall; (S,G) routes already there still win). It
+        expires after overload_lifetime; then the group's new flows are
+        decided one by one again. None: there is one already (or a (*,G)
+        entry of another kind), or too many."""
+        gkey = MfcKey(key.family, zero(key.family), key.group)
+        if gkey in self.flows or gkey in plan.mfc or gkey in installed or \
+                self.overloads >= OVERLOAD_STOPS:
+            return None
+        return Decision(Flow(gkey, iif, entry(gkey, iif, ((iif, 1),), None, plan.vifs),
+                             None, True))
 
     @staticmethod
     def _flow(key: MfcKey, iif: str, route: Route | None, budget: bool,
@@ -414,11 +451,12 @@ class FlowTable:
         for flow in sorted(chosen, key=lambda f: f.stop):  # learned routes first
             key = flow.key
             new = None
-            if is_star(key):  # a group's stop entry stays while no rule covers the group
-                if key not in plan.mfc and (key.family, flow.iif) in plan.vifs and \
-                        not plan.covers_group(key.family, flow.iif, key.group):
+            if is_star(key):  # a group's stop entry stays while no rule covers the
+                # group (an overload stop: until it expires)
+                if key not in plan.mfc and (key.family, flow.iif) in plan.vifs and (
+                        flow.overload or not plan.covers_group(key.family, flow.iif, key.group)):
                     new = Flow(key, flow.iif, entry(key, flow.iif, ((flow.iif, 1),), None,
-                                                    plan.vifs))
+                                                    plan.vifs), None, flow.budget)
             elif key not in plan.mfc and (key.family, flow.iif) in plan.vifs:
                 route = plan.match(key.family, flow.iif, key.source, key.group)
                 if route is not None or flow.stop:
@@ -523,7 +561,9 @@ class FlowTable:
             if count is not None:
                 flow.count = count
             if flow.budget:
-                if now - flow.created >= self.limits.budget_stop_lifetime:
+                lifetime = self.limits.overload_lifetime if flow.overload else \
+                    self.limits.budget_stop_lifetime
+                if now - flow.created >= lifetime:
                     gone.append(key)
             elif max_idle > 0 and now - flow.changed >= max_idle:
                 gone.append(key)

@@ -17,6 +17,11 @@ from smcroute.policy.limits import MAX_TABLE
 from smcroute.unprivileged import texts
 from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 
+# Overload stops the controller may hold at once beside its budgets (one
+# stop entry per group while it is over the upcall rate or the stop-filter
+# budget: flows.py); the helper's MFC cap leaves room for them.
+OVERLOAD_STOPS = 1024
+
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
 LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",

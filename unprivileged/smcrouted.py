@@ -67,10 +67,10 @@ def helper_path() -> list[str]:
 
 
 def helper_mfc_cap(opts: options.Options) -> int:
-    """The helper's MFC cap: configured (S,G) routes, learned routes and stop
-    filters all fit (smcrouted(8) BUDGETS), so it never refuses what the
-    budgets allow."""
-    return min(DEFAULT_MAX_MFC + 2 * opts.max_learned, MAX_MFC_CAP)
+    """The helper's MFC cap: configured (S,G) routes, learned routes, stop
+    filters and overload stops all fit (smcrouted(8) BUDGETS), so it never
+    refuses what the budgets allow."""
+    return min(DEFAULT_MAX_MFC + 2 * opts.max_learned + options.OVERLOAD_STOPS, MAX_MFC_CAP)
 
 
 def helper_command(fd: int, table: int, user: options.User | None, max_mfc: int) -> list[str]:

@@ -36,6 +36,7 @@ from smcroute.unprivileged.effects import (
     Send,
 )
 from smcroute.unprivileged.engine import Plan
+from smcroute.unprivileged.flows import OVERLOAD_STOPS
 from smcroute.unprivileged.groups import Membership
 from smcroute.unprivileged.model import Interface, MfcKey
 
@@ -237,7 +238,10 @@ class Harness:
         assert flows.total + flows.reserved_total <= limits.max_learned
         assert all(flows.learned[r] + flows.reserved[r] <= limits.max_per_rule
                    for r in flows.learned)
-        assert flows.stops <= limits.max_learned
+        # overload stops (one per group, bounded) answer what is over the budgets
+        assert flows.stops - flows.overloads <= limits.max_learned
+        assert flows.overloads == sum(1 for f in flows.flows.values() if f.overload)
+        assert flows.overloads <= OVERLOAD_STOPS
         assert flows.total == sum(1 for f in flows.flows.values() if not f.stop)
         assert flows.stops == sum(1 for f in flows.flows.values() if f.stop)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from smcroute.policy.limits import DEFAULT_MAX_MFC, MAX_MFC_CAP, MAX_TABLE
 from smcroute.privileged.__main__ import UsageError, parse_args
-from smcroute.unprivileged.options import Options, User
+from smcroute.unprivileged.options import OVERLOAD_STOPS, Options, User
 from smcroute.unprivileged.smcrouted import (
     HELPER_BOOT,
     helper_command,
@@ -40,8 +40,8 @@ def test_the_boot_line_finds_the_helper_without_site() -> None:
 
 
 def test_the_mfc_cap_holds_configured_routes_learned_routes_and_stop_filters() -> None:
-    assert helper_mfc_cap(Options()) == DEFAULT_MAX_MFC + 2 * Options().max_learned
-    assert helper_mfc_cap(Options(max_learned=10)) == DEFAULT_MAX_MFC + 20
+    assert helper_mfc_cap(Options()) == DEFAULT_MAX_MFC + 2 * Options().max_learned + OVERLOAD_STOPS
+    assert helper_mfc_cap(Options(max_learned=10)) == DEFAULT_MAX_MFC + 20 + OVERLOAD_STOPS
     # a --max-learned beyond what the helper takes is capped, not a helper usage error
     huge = helper_mfc_cap(Options(max_learned=10**12))
     assert huge == MAX_MFC_CAP
