@@ -3,6 +3,10 @@
 ``topo``     sender S -- router R -- receivers A, B, C (see netns.Topology)
 ``smcrouted`` factory: start smcrouted in R with a config, wait until ready,
              always stop it; its log is printed when the test fails.
+
+Every test here needs kernel multicast routing unless it is marked
+``no_mroute``: on a kernel without it (probed once, mroute_probe.py) they
+are skipped, and scripts/test.sh runs them in a VM (scripts/vm-run.sh).
 """
 
 from __future__ import annotations
@@ -25,6 +29,30 @@ SMCROUTED = Path(sys.executable).parent / "smcrouted"
 SMCROUTECTL = Path(sys.executable).parent / "smcroutectl"
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+MROUTE_PROBE = Path(__file__).with_name("mroute_probe.py")
+
+
+def mroute_missing() -> str | None:
+    """Why this kernel cannot route multicast, or None if it can (or the
+    probe cannot tell: then the tests run and show what fails)."""
+    proc = subprocess.run([sys.executable, str(MROUTE_PROBE)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    return proc.stdout.strip() if proc.returncode == 1 else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip this directory's tests that need multicast routing where the
+    kernel has none (once per session, and only if there are any)."""
+    here = Path(__file__).parent
+    need = [item for item in items
+            if here in item.path.parents and item.get_closest_marker("no_mroute") is None]
+    if not need or not netns_available()[0]:  # (not root: skipped anyway)
+        return
+    missing = mroute_missing()
+    if missing:
+        skip = pytest.mark.skip(reason=f"{missing}: scripts/test.sh runs these tests in a VM")
+        for item in need:
+            item.add_marker(skip)
 
 
 _REPORTS = pytest.StashKey[dict]()

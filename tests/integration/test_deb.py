@@ -56,6 +56,7 @@ def field(deb: Path, name: str) -> str:
                           check=True, timeout=30).stdout.strip()
 
 
+@pytest.mark.no_mroute
 def test_the_package_declares_what_a_replacement_of_smcroute_needs(deb: Path) -> None:
     assert field(deb, "Architecture") == "all"
     depends = field(deb, "Depends")
@@ -92,6 +93,7 @@ def run_env(root: Path) -> dict[str, str]:
             "PYTHONPATH": str(root / "usr/lib/python3/dist-packages")}
 
 
+@pytest.mark.no_mroute
 def test_it_runs_on_debians_python_and_packages(root: Path) -> None:
     unit = (root / "lib/systemd/system/smcroute.service").read_text()
     assert "ExecStart=/usr/sbin/smcrouted " in unit and "/opt/" not in unit

@@ -87,6 +87,7 @@ def _sockaddr_in6(address: str) -> bytes:
     return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI16s", 0, 0, packed) + bytes(4)
 
 
+@pytest.mark.no_mroute
 @pytest.mark.parametrize("family", FAMILIES)
 def test_multicast_on_one_link(topo, family):
     """S sends on its veth, R receives it on r-s: plain L2, no routing."""

@@ -299,6 +299,7 @@ def test_mrdisc_follows_the_interface(topo, smcrouted):
         cap.close()
 
 
+@pytest.mark.no_mroute
 @pytest.mark.parametrize("value", ["3", "181", "x"])
 def test_mrdisc_interval_out_of_range(topo, smcrouted, value):
     """-m outside 4..180: message on stderr and exit 1 at once (SPEC 1.1)."""
