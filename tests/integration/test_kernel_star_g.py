@@ -273,3 +273,34 @@ def test_entries_go_to_the_daemons_table_and_follow_interfaces(topo, smcrouted):
     # (the multicast routing rules that send traffic to table 10 are the
     # operator's: ip rule; here the entry's contents are what is checked)
     assert daemon.proc.poll() is None
+
+
+# -- overload stops (either mode): answered, not ignored ---------------------------------
+
+OVERLOAD_GROUP = {V4: "225.31.0.1", V6: "ff0e::31:1"}
+OVERLOAD_CONFIG = PHYINTS + """\
+mroute from r-s group 225.31.0.0/16 to r-a
+mroute from r-s group ff0e::31:0/112 to r-a
+"""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_over_the_upcall_rate_the_group_gets_one_stop_entry(topo, smcrouted, family):
+    """Today's per-source mode with --upcall-rate 1: the first new sources
+    are learned; once over the rate the group gets an overload stop (a
+    kernel (*,G) entry marking only r-s) instead of being ignored, so the
+    sources after it cost no upcall and leave nothing in the kernel."""
+    daemon = smcrouted(OVERLOAD_CONFIG, ("--upcall-rate", "1"))
+    group = OVERLOAD_GROUP[family]
+    sources = add_sources(topo, family)
+    stop = star_entry(family, group, "r-s", [])
+    from_sources(topo, family, group, sources[:2], 5, roles=("A",))
+    assert wait_for(lambda: stop in read_mfc(topo.router, family), 5.0), \
+        read_mfc(topo.router, family)
+    asked = sources_in_cache(daemon, family, group)
+    from_sources(topo, family, group, sources[2:], 5, roles=("A",))
+    assert sources_in_cache(daemon, family, group) <= asked, "an upcall after the stop"
+    assert any(e.source == ZERO[family] and e.packets >= 15
+               for e in read_mr_cache(daemon.pid, family) if e.group == canon(group))
+    assert f"(*, {canon(group)})" in daemon.ctl("show", "routes").stdout
+    assert "new flows of the group stopped for now" in daemon.log()
