@@ -190,6 +190,7 @@ class FlowTable:
         self.reclaim = False  # reserve blocks a flow the budgets have room for
         self.reserved_total = 0
         self.peak = 0  # most flows since the last compact()
+        self.high = 0  # most flows since the table was last empty
         self.fast_reset(0, (), ())
 
     def __len__(self) -> int:
@@ -224,6 +225,7 @@ class FlowTable:
         self.flows[flow.key] = flow
         if len(self.flows) > self.peak:
             self.peak = len(self.flows)
+            self.high = max(self.high, self.peak)
         if flow.rule is None:
             self.stops += 1
             self.overloads += flow.overload
@@ -256,7 +258,11 @@ class FlowTable:
         return gone
 
     def shrunk(self) -> bool:
-        """Are there far fewer flows than at the peak (worth compacting)?"""
+        """Are there far fewer flows than at the peak (worth compacting)? Or
+        are the last of a flood's flows gone (what a compaction on the way
+        down left behind is worth handing back too)?"""
+        if not self.flows:
+            return self.high >= COMPACT_AT
         return self.peak >= COMPACT_AT and len(self.flows) <= self.peak // 4
 
     def compact(self) -> None:
@@ -264,6 +270,8 @@ class FlowTable:
         many entries left it."""
         self.flows = dict(self.flows)
         self.peak = len(self.flows)
+        if not self.flows:
+            self.high = 0
 
     def failed(self, d: Decision) -> bool:
         """The kernel refused a decision's entry: back to what was there.

@@ -52,3 +52,29 @@ def test_no_compaction_for_small_tables_or_while_most_flows_stay() -> None:
 
 def test_return_memory_runs() -> None:
     return_memory()  # a collection and malloc_trim(0): nothing to see but no error
+
+
+def test_the_last_flows_of_a_flood_going_return_memory_once_more() -> None:
+    """A compaction on the way down leaves a table too small to compact
+    again; when its last flows go, the memory they held comes back too."""
+    h = Harness(CONFIG, IFACES)
+    flood(h, COMPACT_AT + 100)
+    flows, core = h.core.flows, h.core
+    before = len(h.effects)
+
+    def returned() -> int:
+        return sum(isinstance(e, ReturnMemory) for e in h.effects[before:])
+
+    def remove(keys: list) -> None:  # as expiry does
+        core._remove_flows(keys, "expiry")
+        h.perform(core._done())
+
+    remove(list(flows)[: COMPACT_AT * 3 // 4 + 100])  # most go: compacted
+    assert returned() == 1
+    assert flows.peak == len(flows) < COMPACT_AT < flows.high
+    remove(list(flows)[:-1])  # not yet all: nothing more
+    assert returned() == 1
+    remove(list(flows))  # the last one: once more
+    assert returned() == 2
+    assert flows.high == 0 and not flows.shrunk()
+    h.check_settled()
