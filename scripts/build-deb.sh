@@ -3,10 +3,16 @@
 # (debhelper, dh-python; debian/), in a scratch copy, and check it with
 # lintian:   bash scripts/build-deb.sh [OUTDIR]   (default: ./dist)
 # Prints the .deb's path last. Installs the build tools, and the package's
-# runtime dependencies for trying it, if they are missing (run as root).
+# runtime dependencies for trying it, if they are missing (run as root);
+# with --deps-only it does only that (scripts/test.sh, before a VM with no
+# network runs the test that builds the package).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=$(mkdir -p "${1:-$here/dist}" && cd "${1:-$here/dist}" && pwd)
+deps_only=
+if [ "${1:-}" = --deps-only ]; then
+    deps_only=1
+    shift
+fi
 apt_wait=(-o DPkg::Lock::Timeout=600 -o APT::Lock::Timeout=600)
 need=()
 for pkg in debhelper dh-python python3-all lintian python3-prctl python3-msgpack \
@@ -19,6 +25,8 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq --no-install-recommends \
         "${need[@]}" >/dev/null
 fi
+[ -n "$deps_only" ] && exit 0
+out=$(mkdir -p "${1:-$here/dist}" && cd "${1:-$here/dist}" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/src"
