@@ -221,7 +221,10 @@ start_guest() {  # start_guest kvm|tcg: qemu in the background, bounded by the r
     if [ "$how" = kvm ]; then
         set -- -accel kvm -cpu max
     else
-        set -- -accel tcg,thread=multi -cpu max
+        # thread=single: one host thread runs the vCPUs in turn; multi-threaded
+        # TCG makes every TLB flush wait for all vCPUs, and measured 3-8x
+        # slower at what the tests do most (start processes, Python, netns)
+        set -- -accel tcg,thread=single -cpu max
     fi
     timeout --kill-after=10 "$run_timeout" qemu-system-x86_64 "$@" "${qemu_args[@]}" </dev/null &
     qpid=$!
