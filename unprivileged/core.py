@@ -188,7 +188,7 @@ class Core(KernelEvents, Requests):
         gone = self.flows.remove(keys)
         if self.level >= PRIORITY["debug"]:
             for flow in gone:
-                self._log("debug", f"Removing (*,G) flow {sg(flow.key)} from {flow.iif}")
+                self._log("debug", f"Removing (*,G) flow {sg(flow.key)} from {flow.iif_name}")
         self._send(self._transition([f.key for f in gone], vifs=False), cause, job)
         if self.flows.shrunk():
             self.flows.compact()

@@ -24,27 +24,78 @@ from smcroute.unprivileged.options import OVERLOAD_STOPS
 
 FAST_CHUNK = 64  # new flows per template the helper may install ahead of our books
 COMPACT_AT = 4096  # flows at a peak from which memory is worth handing back
-GROUPS_KEPT = 4096  # distinct group addresses whose bytes flows share
 # How long an overload stop (see _overload) lasts: the kernel's own hold on
 # an unanswered flow is 10 s.
 OVERLOAD_LIFETIME = 10.0
 
 
-@dataclass(slots=True)  # (slots: a flood makes many; issue 17)
-class Flow:
-    """A flow and what is decided for it (compared), with its activity (not
-    compared: the same decision later is the same flow). The activity lives
-    here rather than in a table of its own: a flood makes many flows, and a
-    second object and dict entry each cost more than the three slots."""
+_SHAPES: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...], tuple[str, ...]]] = {}
 
-    key: MfcKey
-    iif: str  # the interface it arrived on
-    entry: Mfc  # what the kernel holds for it
-    rule: RuleKey | None = None  # the template that gave a learned route its OIFs
-    budget: bool = False  # a stop filter because a budget was exhausted: it expires
-    created: float | None = field(default=None, compare=False)  # None: not yet seen by expiry
-    changed: float = field(default=0.0, compare=False)  # its valid packet count last moved
-    count: int | None = field(default=None, compare=False)  # valid packets at the last sample
+
+def _shape(family: int, iif: str, oifs: Iterable[tuple[str, int]],
+           vifs: Mapping[tuple[int, str], Vif]
+           ) -> tuple[int, tuple[tuple[int, int], ...], tuple[str, ...]]:
+    """(parent VIF, (VIF, ttl) pairs, OIF names), in VIF order; the flows of
+    one rule share these tuples (a flood makes many)."""
+    parent = vifs[(family, iif)].vif
+    pairs = tuple(sorted((vifs[(family, name)].vif, ttl, name) for name, ttl in oifs))
+    shape = _SHAPES.get((parent, pairs))
+    if shape is None:
+        if len(_SHAPES) >= 4096:  # (bounded: rules and slots change)
+            _SHAPES.clear()
+        shape = _SHAPES[(parent, pairs)] = (parent, tuple((v, t) for v, t, _ in pairs),
+                                            tuple(n for _, _, n in pairs))
+    return shape
+
+
+class Flow(Mfc):
+    """A flow: the MFC entry the kernel holds for it (it is one: the ledger
+    holds the flow itself), what it was decided from, and its activity.
+    One object per flow, not three (issue 17): a flood makes many.
+
+    Two flows are equal when the same decision was made for the same
+    (S,G) (entry, inbound interface, rule, budget); the activity (created,
+    changed, count) is not compared, and it is the one mutable part."""
+
+    __slots__ = ("budget", "changed", "count", "created", "rule")
+    rule: RuleKey | None  # the template that gave a learned route its OIFs
+    budget: bool  # a stop filter because a budget was exhausted: it expires
+    created: float | None  # None: not yet seen by expiry
+    changed: float  # its valid packet count last moved
+    count: int | None  # valid packets at the last sample
+
+    def __init__(self, key: MfcKey, iif: str, oifs: Iterable[tuple[str, int]],
+                 where: Where | None, vifs: Mapping[tuple[int, str], Vif],
+                 rule: RuleKey | None = None, budget: bool = False) -> None:
+        parent, pairs, names = _shape(key.family, iif, oifs, vifs)
+        super().__init__(key, parent, pairs, iif, names, where)
+        self.rule, self.budget = rule, budget
+        self.created, self.changed, self.count = None, 0.0, None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Flow):
+            return NotImplemented
+        return (self.key, self.iif, self.oifs, self.iif_name, self.rule, self.budget) == \
+            (other.key, other.iif, other.oifs, other.iif_name, other.rule, other.budget)
+
+    __hash__ = Mfc.__hash__
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The entry (Mfc's fields) stays frozen; the decision and activity
+        # slots are set here (Mfc's own frozen __setattr__ cannot serve a
+        # subclass of a slots dataclass).
+        if name not in Flow.__slots__:
+            raise AttributeError(f"a flow's {name} cannot change")
+        object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        return (f"Flow({self.key!r}, {self.iif_name}, {self.oif_names}, rule={self.rule},"
+                f" budget={self.budget})")
+
+    @property
+    def entry(self) -> Mfc:
+        """What the kernel holds for it: the flow itself."""
+        return self
 
     @property
     def stop(self) -> bool:
@@ -65,25 +116,6 @@ class FastTemplate:
     iif: str
     oifs: tuple[tuple[str, int], ...]
     where: Where
-
-
-_SHAPES: dict[tuple[object, ...], tuple[int, tuple[tuple[int, int], ...], tuple[str, ...]]] = {}
-
-
-def entry(key: MfcKey, iif: str, oifs: Iterable[tuple[str, int]], where: Where | None,
-          vifs: Mapping[tuple[int, str], Vif]) -> Mfc:
-    """The MFC entry of a flow: OIFs (name, ttl) in VIF order. The flows of
-    one rule share their VIF tuples (a flood makes many)."""
-    family = key.family
-    parent = vifs[(family, iif)].vif
-    pairs = tuple(sorted((vifs[(family, name)].vif, ttl, name) for name, ttl in oifs))
-    shape = _SHAPES.get((parent, pairs))
-    if shape is None:
-        if len(_SHAPES) >= 4096:  # (bounded: rules and slots change)
-            _SHAPES.clear()
-        shape = _SHAPES[(parent, pairs)] = (parent, tuple((v, t) for v, t, _ in pairs),
-                                            tuple(n for _, _, n in pairs))
-    return Mfc(key, shape[0], shape[1], iif, shape[2], where)
 
 
 def _wire_net(prefix: Prefix | None, family: int) -> tuple[bytes, int]:
@@ -172,7 +204,6 @@ class FlowTable:
         self.verbose = verbose  # per-upcall info lines (formatting them costs)
         self.group_stops = group_stops  # --kernel-star-g: see _group_stop()
         self.flows: dict[MfcKey, Flow] = {}
-        self._groups: dict[bytes, bytes] = {}  # one bytes object per group: see key()
         self.throttle = Throttle()
         self.bucket = TokenBucket(self.limits.upcall_rate, self.limits.upcall_rate)
         self.said = Said()
@@ -202,15 +233,9 @@ class FlowTable:
     def get(self, key: MfcKey) -> Flow | None:
         return self.flows.get(key)
 
-    def key(self, u: Upcall) -> MfcKey:
-        """An upcall's (S,G); the flows of one group share its bytes (a flood
-        of new sources brings a copy of the group in every upcall)."""
-        group = self._groups.get(u.group)
-        if group is None:
-            if len(self._groups) >= GROUPS_KEPT:
-                self._groups.clear()
-            group = self._groups[u.group] = u.group
-        return MfcKey(u.family, u.source, group)
+    @staticmethod
+    def key(u: Upcall) -> MfcKey:
+        return MfcKey(u.family, u.source, u.group)
 
     # -- the table --------------------------------------------------------------
 
@@ -376,7 +401,7 @@ class FlowTable:
         gkey = MfcKey(key.family, zero(key.family), key.group)
         have = self.flows.get(gkey)
         if have is not None:
-            return have.iif == iif
+            return have.iif_name == iif
         if gkey in plan.mfc or gkey in installed or plan.covers_group(key.family, iif,
                                                                       key.group):
             return False
@@ -388,7 +413,7 @@ class FlowTable:
             self.said("info", f"Multicast from {addr(key.source)}, group {addr(key.group)},"
                               f" on {iif} does not match any (*,G) rule: a stop entry for"
                               " the group")
-        return Decision(Flow(gkey, iif, entry(gkey, iif, ((iif, 1),), None, plan.vifs)))
+        return Decision(Flow(gkey, iif, ((iif, 1),), None, plan.vifs))
 
     def _overload(self, key: MfcKey, iif: str, plan: Plan,
                   installed: Mapping[MfcKey, Mfc]) -> Decision | None:
@@ -405,15 +430,14 @@ class FlowTable:
         if gkey in self.flows or gkey in plan.mfc or gkey in installed or \
                 self.overloads >= OVERLOAD_STOPS:
             return None
-        return Decision(Flow(gkey, iif, entry(gkey, iif, ((iif, 1),), None, plan.vifs),
-                             None, True))
+        return Decision(Flow(gkey, iif, ((iif, 1),), None, plan.vifs, None, True))
 
     @staticmethod
     def _flow(key: MfcKey, iif: str, route: Route | None, budget: bool,
               vifs: Mapping[tuple[int, str], Vif]) -> Flow:
         if route is None:
-            return Flow(key, iif, entry(key, iif, (), None, vifs), None, budget)
-        return Flow(key, iif, entry(key, iif, route.oifs.items(), route.rule.where, vifs),
+            return Flow(key, iif, (), None, vifs, None, budget)
+        return Flow(key, iif, route.oifs.items(), route.rule.where, vifs,
                     route.key)
 
     def _wrongvif(self, key: MfcKey, iif: str, plan: Plan) -> Decision | None:
@@ -422,7 +446,7 @@ class FlowTable:
         flow = self.flows.get(key)
         word = "WRONGVIF" if key.family == 4 else "WRONGMIF"
         s, g = addr(key.source), addr(key.group)
-        if flow is None or flow.iif == iif:
+        if flow is None or flow.iif_name == iif:
             if self.verbose:
                 self.said("info", f"Multicast from {s}, group {g} on wrong VIF, iface {iif}"
                                   f" ({word}), not a learned route: left alone")
@@ -459,19 +483,19 @@ class FlowTable:
         for flow in sorted(chosen, key=lambda f: f.stop):  # learned routes first
             key = flow.key
             new = None
+            iif = flow.iif_name
             if is_star(key):  # a group's stop entry stays while no rule covers the
                 # group (an overload stop: until it expires)
-                if key not in plan.mfc and (key.family, flow.iif) in plan.vifs and (
-                        flow.overload or not plan.covers_group(key.family, flow.iif, key.group)):
-                    new = Flow(key, flow.iif, entry(key, flow.iif, ((flow.iif, 1),), None,
-                                                    plan.vifs), None, flow.budget)
-            elif key not in plan.mfc and (key.family, flow.iif) in plan.vifs:
-                route = plan.match(key.family, flow.iif, key.source, key.group)
+                if key not in plan.mfc and (key.family, iif) in plan.vifs and (
+                        flow.overload or not plan.covers_group(key.family, iif, key.group)):
+                    new = Flow(key, iif, ((iif, 1),), None, plan.vifs, None, flow.budget)
+            elif key not in plan.mfc and (key.family, iif) in plan.vifs:
+                route = plan.match(key.family, iif, key.source, key.group)
                 if route is not None or flow.stop:
                     budget = flow.budget and flow.stop
                     if route is not None and (budget or not self._room(route.key)):
                         route, budget = None, True
-                    new = self._flow(key, flow.iif, route, budget, plan.vifs)
+                    new = self._flow(key, iif, route, budget, plan.vifs)
             if new is None:
                 changed.add(key)
                 continue
@@ -488,7 +512,7 @@ class FlowTable:
         want = set(inbound)
         if not want or not self.flows:
             return set()
-        return {k for k, f in self.flows.items() if (k.family, f.iif) in want}
+        return {k for k, f in self.flows.items() if (k.family, f.iif_name) in want}
 
     # -- the helper's fast path ---------------------------------------------------
 
@@ -549,7 +573,7 @@ class FlowTable:
         self.reserved[route.rule] -= 1
         self.reserved_total -= 1
         key = key or self.key(u)
-        flow = Flow(key, iif, entry(key, iif, route.oifs, route.where, vifs), route.rule)
+        flow = Flow(key, iif, route.oifs, route.where, vifs, route.rule)
         if book:
             self._put(flow, now)
         return flow

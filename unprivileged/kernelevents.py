@@ -86,7 +86,7 @@ class KernelEvents(CoreState):
                 continue
             ledger.mfc[key] = flow.entry
             if self.level >= PRIORITY["info"]:
-                self._log("info", "audit", op="add_mfc", what=f"{sg(key)} from {flow.iif}",
+                self._log("info", "audit", op="add_mfc", what=f"{sg(key)} from {flow.iif_name}",
                           cause="upcall (helper fast path)", result="ok")
             if self.settings.script:
                 self._out.append(Script("install", addr(key.source), addr(key.group)))
@@ -178,7 +178,7 @@ class KernelEvents(CoreState):
         key = d.flow.key
         if d.prior is not None:
             word = "WRONGVIF" if key.family == 4 else "WRONGMIF"
-            self._log("notice", f"Moved {sg(key)} inbound to {d.flow.iif} after {word}")
+            self._log("notice", f"Moved {sg(key)} inbound to {d.flow.iif_name} after {word}")
         if self.settings.script:
             self._out.append(Script("install", addr(key.source), addr(key.group)))
 

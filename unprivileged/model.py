@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -173,13 +172,34 @@ class Vif:
     threshold: int
 
 
-class MfcKey(NamedTuple):
-    """An (S,G) of one family, as the kernel keys its MFC (a tuple: hashed
-    and compared in C, and there are many)."""
+class MfcKey(bytes):
+    """An (S,G) of one family, as the kernel keys its MFC: source + group in
+    one bytes object, the length telling the family (8: IPv4, 32: IPv6).
+    Hashed and compared in C like a tuple, but one object of 48 (72) bytes
+    instead of a tuple and two bytes objects of 144 (176): a flood makes one
+    per flow, and each is a key in two tables (issue 17)."""
 
-    family: int
-    source: bytes
-    group: bytes
+    __slots__ = ()
+
+    def __new__(cls, family: int, source: bytes, group: bytes) -> MfcKey:
+        if len(source) != len(group) or len(source) != (4 if family == 4 else 16):
+            raise ValueError(f"not an IPv{family} (S,G): {source!r}, {group!r}")
+        return super().__new__(cls, source + group)
+
+    @property
+    def family(self) -> int:
+        return 4 if len(self) == 8 else 6
+
+    @property
+    def source(self) -> bytes:
+        return self[: len(self) >> 1]
+
+    @property
+    def group(self) -> bytes:
+        return self[len(self) >> 1:]
+
+    def __repr__(self) -> str:
+        return f"MfcKey({self.family}, {self.source!r}, {self.group!r})"
 
 
 def addr(packed: bytes) -> str:

@@ -136,9 +136,9 @@ class CoreMachine(RuleBasedStateMachine):
         f = data.draw(st.sampled_from(flows))
         s, g = addr(f.key.source), addr(f.key.group)
         if template:
-            self.h.ctl("add", f.iif, f"{g}/{24 if f.key.family == 4 else 64}", "a3")
+            self.h.ctl("add", f.iif_name, f"{g}/{24 if f.key.family == 4 else 64}", "a3")
         else:
-            self.h.ctl("add", f.iif, s, g, "a2")
+            self.h.ctl("add", f.iif_name, s, g, "a2")
 
     @rule(data=st.data(), s=st.sampled_from(FLOW_SOURCES), g=st.sampled_from(FLOW_GROUPS),
           kind=st.sampled_from(["nocache"] * 4 + ["wrongvif"]), fast=st.booleans())
