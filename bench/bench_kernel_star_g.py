@@ -305,15 +305,19 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=2000)
     ap.add_argument("--flood", type=int, default=100_000, help="0: skip (c)")
     ap.add_argument("--after", type=float, default=20.0, help="(c) seconds watched after")
+    ap.add_argument("--modes", default="per-source,kernel-star-g,c",
+                    help="which daemons, of per-source, kernel-star-g, c (if --c-smcrouted)")
     args = ap.parse_args()
     args.families = [int(f) for f in args.families.split(",")]
     if os.geteuid() != 0:
         print("needs root (network namespaces, multicast routing)", file=sys.stderr)
         return 2
-    modes = [("smcroute-py", args.smcrouted, []),
-             ("smcroute-py --kernel-star-g", args.smcrouted, ["--kernel-star-g"])]
-    if args.c_smcrouted:
-        modes.append(("C SMCRoute", args.c_smcrouted, []))
+    chosen = set(args.modes.split(","))
+    modes = [m for tag, m in (
+        ("per-source", ("smcroute-py", args.smcrouted, [])),
+        ("kernel-star-g", ("smcroute-py --kernel-star-g", args.smcrouted, ["--kernel-star-g"])),
+        ("c", ("C SMCRoute", args.c_smcrouted, [])),
+    ) if tag in chosen and m[1]]
     raise_on_signals(signal.SIGTERM)  # unwinds through the clean-up
     rows: list[tuple[str, str, str]] = []
     built: list[Topology] = []
