@@ -1,12 +1,23 @@
 #!/bin/busybox sh
 # PID 1 of the guest that scripts/vm-run.sh boots (busybox, from an
 # initramfs). It builds a root that is the host's filesystem, seen read-only
-# over 9p, under a tmpfs overlay (the guest's writes are thrown away), runs
-# the host's command there as root, and writes the command's output and exit
-# status to the shared directory /out. Whatever fails, the guest powers off:
-# the host then reports the missing status and shows the console log.
+# over 9p, under a tmpfs overlay (the guest's writes are thrown away),
+# switches to it, runs the host's command there as root, and writes the
+# command's output and exit status to the shared job directory. Whatever
+# fails, the guest powers off: the host then reports the missing status and
+# shows the console log.
 # shellcheck shell=sh disable=SC2039,SC3037
 
+# -- stage 2, `init run`: PID 1 in the new root (see the end of stage 1) -----------------
+if [ "${1:-}" = run ]; then
+    job=/run/vm-run
+    /bin/bash "$job/command.sh" </dev/null >>"$job/out/output" 2>&1
+    echo "$?" >"$job/out/status.tmp" && "$job/busybox" mv "$job/out/status.tmp" "$job/out/status"
+    "$job/busybox" sync
+    "$job/busybox" poweroff -f
+fi
+
+# -- stage 1: the initramfs ----------------------------------------------------------------
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -28,7 +39,7 @@ while read -r mod; do
 done </mods/order
 
 # The host's job directory, read-write, no caching: what is written here
-# reaches the host at once (the host streams /out/output as it grows).
+# reaches the host at once (the host streams out/output as it grows).
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=512000 vmout /out ||
     die "cannot mount the job directory (9p tag vmout)"
 mkdir -p /out/.ok
@@ -46,9 +57,9 @@ mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w overlay /
 R=/newroot
 
 # Modules on demand: the guest kernel's modules (the host's extraction of
-# the kernel package) at /lib/modules/KVER both here and in the new root.
-# The kernel runs /proc/sys/kernel/modprobe from this root (kernel threads
-# are not chrooted): busybox's modprobe here, Debian's kmod in the new root.
+# the kernel package) at /lib/modules/KVER, for Debian's modprobe in the new
+# root; and for busybox's here, should a kernel thread still resolve
+# /proc/sys/kernel/modprobe in this root.
 [ -d "/lower$MODULES" ] || die "no $MODULES on the host"
 mkdir -p "/lib/modules/$KVER" "$R/lib/modules/$KVER" /sbin
 mount --bind "/lower$MODULES" "/lib/modules/$KVER" &&
@@ -80,10 +91,15 @@ fi
 hostname "$GUEST_HOSTNAME"
 ip link set lo up || die "cannot set lo up"
 
-mkdir -p "$R/run/vm-run"
-cp /out/command.sh "$R/run/vm-run/command.sh" || die "cannot copy the command"
+# Stage 2's files in the new root's /run: the job directory, the command,
+# busybox (for mv, sync and poweroff) and this script.
+job=$R/run/vm-run
+mkdir -p "$job/out" && mount --move /out "$job/out" && cp /init "$job/init" &&
+    cp "$job/out/command.sh" "$job/command.sh" && cp /bin/busybox "$job/busybox" ||
+    die "cannot set up $job"
 say "running the command"
-chroot "$R" /bin/bash /run/vm-run/command.sh </dev/null >>/out/output 2>&1
-echo "$?" >/out/status.tmp && mv /out/status.tmp /out/status
-sync
-poweroff -f
+# The new root onto /, then chroot by PID 1 itself, as switch_root does: the
+# command is not "chrooted" (unshare --user works) and kernel threads,
+# which share PID 1's root, find Debian's modprobe there.
+cd "$R" && mount --move . / || die "cannot move the new root onto /"
+exec chroot . /run/vm-run/busybox sh /run/vm-run/init run
