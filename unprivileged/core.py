@@ -171,16 +171,17 @@ class Core(KernelEvents, Requests):
 
     def _expire(self, started: float, max_idle: float) -> None:
         """Remove flows idle for max_idle seconds (and budget stop filters
-        past their lifetime; max_idle 0: only those)."""
-        keys = list(self.flows)
-        if not keys:
+        past their lifetime; max_idle 0: only those). Only the counters
+        that can decide something are read (FlowTable.due)."""
+        if not self.flows:
             return
+        keys = self.flows.due(started, max_idle, self.settings.expiry_period)
         self._counting = True
 
         def finish(job: Job) -> None:
             self._counting = False
             counts = {k: c.packets - c.wrong_if for k, c in job.counts.items()}
-            self._remove_flows(self.flows.expired(counts, started, max_idle), "expiry")
+            self._remove_flows(self.flows.expired(counts, started, max_idle, keys), "expiry")
 
         self._count(keys, finish)
 

@@ -580,24 +580,48 @@ class FlowTable:
 
     # -- expiry -----------------------------------------------------------------
 
-    def expired(self, counts: Mapping[MfcKey, int], now: float, max_idle: float) -> list[MfcKey]:
-        """Flows to remove: idle (valid packet count unchanged) for max_idle
-        seconds, or budget stop filters past their lifetime."""
+    def due(self, now: float, max_idle: float, period: float) -> list[MfcKey]:
+        """The flows whose counters are worth reading now: those never read
+        (a first count to compare with) and those whose count last moved at
+        least max_idle / 2 ago (by the next sample). A busy flow is read
+        about twice per max_idle rather than once per period (a tenth of
+        it): during a flood, reading every counter every period was most of
+        the daemon's work (issue 17). An idle flow still goes between
+        max_idle and 1.5 * max_idle + period after its last packet. Budget
+        stop filters need no counters (they go by age)."""
+        if max_idle <= 0:
+            return []
+        horizon = now + period - max_idle / 2
+        return [k for k, f in self.flows.items()
+                if not f.budget and (f.count is None or f.changed <= horizon)]
+
+    def expired(self, counts: Mapping[MfcKey, int], now: float, max_idle: float,
+                sampled: Iterable[MfcKey]) -> list[MfcKey]:
+        """Flows to remove: of those sampled, the ones idle (valid packet
+        count unchanged) for max_idle seconds; and budget stop filters past
+        their lifetime. A sampled flow whose counter could not be read goes
+        by its last change."""
         gone = []
         for key, flow in self.flows.items():
             if flow.created is None:
                 flow.created = flow.changed = now
-            count = counts.get(key)
-            if count is not None and flow.count is not None and count != flow.count:
-                flow.changed = now
-            if count is not None:
-                flow.count = count
             if flow.budget:
                 lifetime = self.limits.overload_lifetime if flow.overload else \
                     self.limits.budget_stop_lifetime
                 if now - flow.created >= lifetime:
                     gone.append(key)
-            elif max_idle > 0 and now - flow.changed >= max_idle:
+        if max_idle <= 0:
+            return gone
+        for key in sampled:
+            flow = self.flows.get(key)
+            if flow is None or flow.budget:  # gone or replaced since it was sampled
+                continue
+            count = counts.get(key)
+            if count is not None and flow.count is not None and count != flow.count:
+                flow.changed = now
+            if count is not None:
+                flow.count = count
+            if now - flow.changed >= max_idle:
                 gone.append(key)
         return gone
 
