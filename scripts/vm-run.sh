@@ -6,16 +6,19 @@
 #   bash scripts/vm-run.sh [--timeout SEC] [--accel auto|kvm|tcg] -- COMMAND ARGS...
 #
 # The guest sees the host's filesystem as it is (read-only over 9p, with a
-# tmpfs overlay: its writes are thrown away), starts in the same working
-# directory, has no network device, and exits with the command's status.
-# The command's stdout and stderr (merged) are streamed to stdout.
+# tmpfs overlay: its writes are thrown away), except /tmp and /run, which
+# are empty tmpfs (the working directory is kept if it lies under them). It
+# starts in the same working directory, with only the environment variables
+# listed in pass_env below (PATH, CI, ...), has no network device, and exits
+# with the command's status. The command's stdout and stderr (merged) are
+# streamed to stdout.
 #
 # The kernel is the package linux-image-amd64 depends on, downloaded with
 # apt-get and unpacked once per version into $SMCROUTE_VM_CACHE (default
 # /var/cache/smcroute-py/vm, ~400 MB). The guest gets the host's CPUs and
-# half its memory (at most 12 GiB). KVM is used if a guest boots with it
-# within a few seconds (nested virtualisation often hangs); otherwise TCG,
-# QEMU's emulator, several times slower than native.
+# half its memory (at most 12 GiB). KVM is tried where the CPU has vmx or
+# svm, and dropped if the guest is not up within 15 s; otherwise TCG,
+# QEMU's emulator, 15-40x slower than native.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
