@@ -582,16 +582,17 @@ class FlowTable:
 
     def due(self, now: float, max_idle: float, period: float) -> list[MfcKey]:
         """The flows whose counters are worth reading now: those never read
-        (a first count to compare with) and those whose count last moved at
-        least max_idle / 2 ago (by the next sample). A busy flow is read
-        about twice per max_idle rather than once per period (a tenth of
-        it): during a flood, reading every counter every period was most of
-        the daemon's work (issue 17). An idle flow still goes between
-        max_idle and 1.5 * max_idle + period after its last packet. Budget
-        stop filters need no counters (they go by age)."""
+        (a first count to compare with) and those that could be idle for
+        max_idle by the next sample. A busy flow is read about once per
+        max_idle, a flow seen once (a flood's) two or three times, rather
+        than once per period (a tenth of max_idle): during a flood, reading
+        every counter every period was most of the daemon's work (issue 17).
+        An idle flow goes between max_idle and 2 * max_idle + period after
+        its last packet, as in SMCRoute (one to two periods). Budget stop
+        filters need no counters (they go by age)."""
         if max_idle <= 0:
             return []
-        horizon = now + period - max_idle / 2
+        horizon = now + period - max_idle
         return [k for k, f in self.flows.items()
                 if not f.budget and (f.count is None or f.changed <= horizon)]
 
