@@ -42,13 +42,7 @@ if (($# == 0)); then
     # and the unit tests once more, against Debian 12's builds of the dependencies
     bash "$here/scripts/test-debian-deps.sh"
     if [ -n "$vm" ]; then
-        # Under emulation (nested KVM does not work on such hosts) a test takes
-        # 10-25 s and the whole of tests/integration well over an hour, more
-        # than CI's budget: a whole run takes these files, and
-        # SMCROUTE_VM_TESTS=tests/integration (or naming tests) runs the rest.
-        # shellcheck disable=SC2086  # a list of paths
-        in_vm ${SMCROUTE_VM_TESTS:-tests/integration/test_forwarding.py \
-            tests/integration/test_kernel_star_g.py}
+        in_vm tests/integration
     fi
     exit 0
 fi
