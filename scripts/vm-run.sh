@@ -27,7 +27,8 @@ run_timeout=3600
 accel=${SMCROUTE_VM_ACCEL:-auto}
 kvm_boot_timeout=15  # a KVM guest that is not up by then is hung: use TCG
 # what the command sees of the host's environment (PATH and CI at least)
-pass_env=(PATH CI LANG LC_ALL TZ PYTEST_ADDOPTS SMCROUTE_VENV SMCROUTE_DEBIAN_VENV)
+pass_env=(PATH CI LANG LC_ALL TZ PYTEST_ADDOPTS SMCROUTE_VENV SMCROUTE_DEBIAN_VENV
+          SMCROUTE_TEST_TIME_SCALE)
 
 usage() {
     echo "usage: $0 [--timeout SEC] [--accel auto|kvm|tcg] -- COMMAND ARGS..." >&2

@@ -11,7 +11,8 @@ PER_UID. Frames are size-checked before they are buffered; a client that
 says nothing is dropped after IDLE_TIMEOUT (not counting the time its
 request is being handled), a frame must be whole FRAME_TIMEOUT after its
 first byte (a byte now and then buys no time), a client that does not read
-its replies goes after WRITE_TIMEOUT; a client's requests are answered in
+its replies goes after WRITE_TIMEOUT (one that reads them slowly, taking
+WRITE_PROGRESS bytes in that time, gets more); a client's requests are answered in
 order, one batch at a time, so none can starve another.
 
 Plain non-blocking sockets on the event loop's selector (add_reader):
@@ -41,6 +42,9 @@ PER_UID = 8  # per uid, except root's and the daemon's own
 IDLE_TIMEOUT = 5.0
 FRAME_TIMEOUT = 2.0
 WRITE_TIMEOUT = 10.0
+# Replies a client must take within WRITE_TIMEOUT to get another: a slow
+# reader of a long batch is served, one that takes a byte now and then is not.
+WRITE_PROGRESS = 64 * 1024
 MAX_QUEUED = 4096  # requests read ahead of the one being answered; beyond, reading pauses
 READ_SIZE = 256 * 1024
 SO_PEERGROUPS = 59
@@ -180,6 +184,7 @@ class _Client:
         self.idle: asyncio.TimerHandle | None = None
         self.frame: asyncio.TimerHandle | None = None  # a partial frame's deadline
         self.stalled: asyncio.TimerHandle | None = None
+        self.taken = 0  # bytes of replies written since the stall timer started
 
     def start(self) -> None:
         self._readable()  # the request (and its end) may be here already:
@@ -321,7 +326,14 @@ class _Client:
         if self.out:
             if self.stalled is None:  # it does not read: drop it if that goes on
                 self.stalled = loop.call_later(WRITE_TIMEOUT, self.close)
+                self.taken = 0
                 loop.add_writer(self.fd, self._flush)
+            else:
+                self.taken += sent
+                if self.taken >= WRITE_PROGRESS:  # it reads, slowly: more time
+                    self.stalled.cancel()
+                    self.stalled = loop.call_later(WRITE_TIMEOUT, self.close)
+                    self.taken = 0
             return
         if self.stalled is not None:
             self.stalled.cancel()

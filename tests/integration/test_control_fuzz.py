@@ -480,6 +480,8 @@ def test_client_that_never_reads_is_dropped(daemon):
                 sent += s.send(data[sent:sent + 65536])
             except BlockingIOError:
                 time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # dropped already (a slow machine takes this long to send)
         assert sent > 0
         res = ctl(daemon, "-p", "show", "interfaces", timeout=30)
         assert res.returncode == 0 and "r-s" in res.stdout, res

@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from .netns import (
+    TIME_SCALE,
     flow,
     mfc_entry,
     netns_available,
@@ -908,7 +909,8 @@ def test_root_and_the_admin_group_are_served_under_attack(topo, smcrouted, accou
         outs = [p.communicate(timeout=ATTACK_SECONDS + 30) for p in procs]
     flooded, slowed = (int(out.strip() or 0) for out, _ in outs)
     assert flooded > 1000 and slowed >= 8, (outs, d.log()[-3000:])
-    assert all(t < 1.0 for *_, t in timings), timings
+    # (answered within a second: ten under emulation, scripts/test.sh)
+    assert all(t < 1.0 * TIME_SCALE for *_, t in timings), timings
     grown = d.logfile.stat().st_size - before
     assert grown < LOG_GROWTH_BOUND, (grown, d.log()[-3000:])
     assert d.proc.poll() is None
