@@ -631,9 +631,10 @@ def test_per_rule_budget_and_expiring_budget_stop_filters(topo, smcrouted):
 
 def test_upcall_rate_limits_new_flows(topo, smcrouted):
     """--upcall-rate 50: a burst of 400 new flows installs no more than the
-    token bucket allows (50 at once, then 50/s); the rest is answered with
-    one overload stop per group (no per-source entry); later flows are
-    handled."""
+    token bucket allows (50 at once, then 50/s, and the helper's fast-path
+    reserve, paid for with at most half of the tokens there were before the
+    burst); the rest is answered with one overload stop per group (no
+    per-source entry); later flows are handled."""
     rate = 50
     daemon = smcrouted(FLOOD_CONFIG, ["--upcall-rate", str(rate)])
     with ExitStack() as stack:
@@ -645,7 +646,7 @@ def test_upcall_rate_limits_new_flows(topo, smcrouted):
             time.sleep(0.2)
             installed = sum(e.resolved and e.source not in ZERO_SOURCES
                             for e in read_mr_cache(daemon.pid, V4))
-            bound = rate * (1 + time.monotonic() - t0) + 1
+            bound = rate * (1.5 + time.monotonic() - t0) + 1
             assert 0 < installed <= bound, (installed, bound)
     assert "upcall" in daemon.log(), "no warning about the upcall budget"
     time.sleep(1.0)  # tokens come back
