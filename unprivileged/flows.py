@@ -233,10 +233,6 @@ class FlowTable:
     def get(self, key: MfcKey) -> Flow | None:
         return self.flows.get(key)
 
-    @staticmethod
-    def key(u: Upcall) -> MfcKey:
-        return MfcKey(u.family, u.source, u.group)
-
     # -- the table --------------------------------------------------------------
 
     def _put(self, flow: Flow, now: float | None = None) -> None:
@@ -336,7 +332,7 @@ class FlowTable:
         out: list[Decision] = []
         seen: set[MfcKey] = set()
         for u in upcalls:
-            key = self.key(u)
+            key = MfcKey(u.family, u.source, u.group)
             if key in seen:
                 continue
             seen.add(key)
@@ -413,7 +409,7 @@ class FlowTable:
             self.said("info", f"Multicast from {addr(key.source)}, group {addr(key.group)},"
                               f" on {iif} does not match any (*,G) rule: a stop entry for"
                               " the group")
-        return Decision(Flow(gkey, iif, ((iif, 1),), None, plan.vifs))
+        return Decision(_group_stop_entry(gkey, iif, plan.vifs))
 
     def _overload(self, key: MfcKey, iif: str, plan: Plan,
                   installed: Mapping[MfcKey, Mfc]) -> Decision | None:
@@ -430,7 +426,7 @@ class FlowTable:
         if gkey in self.flows or gkey in plan.mfc or gkey in installed or \
                 self.overloads >= OVERLOAD_STOPS:
             return None
-        return Decision(Flow(gkey, iif, ((iif, 1),), None, plan.vifs, None, True))
+        return Decision(_group_stop_entry(gkey, iif, plan.vifs, budget=True))
 
     @staticmethod
     def _flow(key: MfcKey, iif: str, route: Route | None, budget: bool,
@@ -488,7 +484,7 @@ class FlowTable:
                 # group (an overload stop: until it expires)
                 if key not in plan.mfc and (key.family, iif) in plan.vifs and (
                         flow.overload or not plan.covers_group(key.family, iif, key.group)):
-                    new = Flow(key, iif, ((iif, 1),), None, plan.vifs, None, flow.budget)
+                    new = _group_stop_entry(key, iif, plan.vifs, flow.budget)
             elif key not in plan.mfc and (key.family, iif) in plan.vifs:
                 route = plan.match(key.family, iif, key.source, key.group)
                 if route is not None or flow.stop:
@@ -572,7 +568,7 @@ class FlowTable:
         books.used[u.index] += 1
         self.reserved[route.rule] -= 1
         self.reserved_total -= 1
-        key = key or self.key(u)
+        key = key or MfcKey(u.family, u.source, u.group)
         flow = Flow(key, iif, route.oifs, route.where, vifs, route.rule)
         if book:
             self._put(flow, now)
@@ -625,6 +621,13 @@ class FlowTable:
             if now - flow.changed >= max_idle:
                 gone.append(key)
         return gone
+
+
+def _group_stop_entry(gkey: MfcKey, iif: str, vifs: Mapping[tuple[int, str], Vif],
+                      budget: bool = False) -> Flow:
+    """A group's stop entry: a kernel (*,G) entry whose only VIF is iif (the
+    kernel counts every source arriving there and forwards nothing)."""
+    return Flow(gkey, iif, ((iif, 1),), None, vifs, None, budget)
 
 
 def _carry(old: Flow, new: Flow) -> None:

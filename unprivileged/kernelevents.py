@@ -73,7 +73,7 @@ class KernelEvents(CoreState):
         stale: list[Op] = []
         ledger, flows = self.ledger, self.flows
         for u in learned:
-            key = flows.key(u)
+            key = MfcKey(u.family, u.source, u.group)
             # ours replaces the helper's: in flight, or the configuration's
             mine = key in ledger.mfc or ledger.busy(key) or key in self.plan.mfc
             flow = flows.fast_learned(u, names.get((u.family, u.vif)), self.plan.vifs, now,

@@ -175,9 +175,9 @@ class Vif:
 class MfcKey(bytes):
     """An (S,G) of one family, as the kernel keys its MFC: source + group in
     one bytes object, the length telling the family (8: IPv4, 32: IPv6).
-    Hashed and compared in C like a tuple, but one object of 48 (72) bytes
-    instead of a tuple and two bytes objects of 144 (176): a flood makes one
-    per flow, and each is a key in two tables (issue 17)."""
+    Hashed and compared in C like a tuple, but one object of 57 (81) bytes
+    instead of a tuple and two bytes objects of about 144 (176): a flood
+    makes one per flow, and it is the key in two tables (issue 17)."""
 
     __slots__ = ()
 
