@@ -4,15 +4,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import select
 import socket
+import struct
 
 from smcroute.ipc import codec
 from smcroute.policy import ops
 from smcroute.privileged.kernel import Mroute, parse_solicit, parse_upcall4, parse_upcall6
 
 UPCALLS_PER_WAKEUP = 8192  # bounded work per wakeup; the rest waits in the kernel
-UPCALLS_PER_DATAGRAM = 1000
+UPCALLS_PER_DATAGRAM = 128
+# Every upcall is an unresolved kernel entry (holding packets) until the
+# controller answers it. Upcalls are read only while less than this many
+# bytes sent to the controller are still unread, so a controller that falls
+# behind leaves them in the kernel's bounded queue (the mroute sockets'
+# rcvbuf), where the excess is dropped with its entry: work is dropped, not
+# state (issue 17).
+CHANNEL_BACKLOG = 8 * 1024
+BACKLOG_RECHECK_MS = 2
+SIOCOUTQ = 0x5411
 
 
 class ProtocolViolation(Exception):
@@ -32,8 +43,12 @@ class Server:
                  self.mroute.sock6.fileno(): 6, self.mroute.mrdisc4.fileno(): 0}
         for fd in socks:
             poller.register(fd, select.POLLIN)
+        kernel = (self.mroute.sock4.fileno(), self.mroute.sock6.fileno())
         while True:
-            for fd, events in poller.poll():
+            held = self.backlogged()  # upcalls wait in the kernel while held
+            for fd in kernel:
+                poller.modify(fd, 0 if held else select.POLLIN)
+            for fd, events in poller.poll(BACKLOG_RECHECK_MS if held else None):
                 family = socks[fd]
                 if family:
                     self.forward_upcalls(family)
@@ -41,6 +56,11 @@ class Server:
                     self.forward_solicitations()
                 elif not events & select.POLLIN or not self.serve_one():
                     return 0  # the controller is gone
+
+    def backlogged(self) -> bool:
+        """Has the controller not yet read CHANNEL_BACKLOG bytes we sent?"""
+        unread = fcntl.ioctl(self.chan.fileno(), SIOCOUTQ, b"\0\0\0\0")
+        return struct.unpack("@i", unread)[0] >= CHANNEL_BACKLOG
 
     def serve_one(self) -> bool:
         data, _, flags, _ = self.chan.recvmsg(codec.MAX_DATAGRAM + 1)
@@ -122,5 +142,7 @@ class Server:
             if len(batch) >= UPCALLS_PER_DATAGRAM:
                 self.send("upcalls", batch)
                 batch = []
+                if self.backlogged():
+                    return
         if batch:
             self.send("upcalls", batch)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import select
 import socket
 import struct
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +20,8 @@ from hypothesis import strategies as st
 from smcroute.ipc import codec
 from smcroute.ipc.helper import AddVif, Allow, SetTemplates, Template, Upcall, to_wire
 from smcroute.policy import ops
-from smcroute.privileged.server import Server
+from smcroute.privileged import server as server_module
+from smcroute.privileged.server import UPCALLS_PER_DATAGRAM, Server
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.core import Settings
 from smcroute.unprivileged.engine import Plan, plan
@@ -307,6 +311,88 @@ def test_helper_fast_path_ipv6() -> None:
                                   [6, "nocache", 1, S6, g1]]
     # an IPv4 upcall on the same VIF number is not covered by it
     assert server.install_fast(4, 0, S4, b4("225.1.0.1")) is None
+
+
+# -- privileged/server.py: upcalls wait in the kernel while the controller is behind ---
+
+
+def test_upcalls_wait_in_the_kernel_while_the_controller_is_behind() -> None:
+    groups = [(0xE1000000 + i).to_bytes(4, "big") for i in range(3000)]
+    kernel = UpcallKernel([igmpmsg(1, 0, S4, g) for g in groups])
+    server, ours = helper_with(kernel)
+    server.forward_upcalls(4)
+    assert server.backlogged()  # the controller has not read them
+    left = len(kernel.sock4.queue)
+    assert 0 < 3000 - left <= 2 * UPCALLS_PER_DATAGRAM  # at most one datagram past the mark
+    sent = upcalls_sent(ours)  # the controller catches up ...
+    assert [u[4] for u in sent] == groups[:3000 - left]  # ... in order, none lost
+    assert not server.backlogged()
+    for _ in range(100):  # bounded: each call forwards at least one datagram
+        server.forward_upcalls(4)
+        sent += upcalls_sent(ours)
+        if not kernel.sock4.queue:
+            break
+    assert [u[4] for u in sent] == groups
+
+
+class CountingSocket:
+    """A real datagram socket standing in for a mroute socket (poll needs a
+    descriptor), counting the reads the helper makes on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.reads = sock, 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        return self.sock.recv(size)
+
+
+def test_the_request_loop_holds_upcalls_without_spinning(monkeypatch: Any) -> None:
+    """run(): over the backlog mark the mroute sockets are not polled (no
+    busy loop on a readable socket it does not read) while requests are
+    still served; once the controller has read, upcalls flow again."""
+    monkeypatch.setattr(server_module, "CHANNEL_BACKLOG", 1)  # one datagram holds
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3)]
+    kernel = UpcallKernel([])
+    kernel.sock4, kernel.sock6, kernel.mrdisc4 = (CountingSocket(b) for _, b in pairs)
+    kernel.sock4.sock.setblocking(False)
+    n = UPCALLS_PER_DATAGRAM + 10
+    for i in range(n):
+        pairs[0][0].send(igmpmsg(1, 0, S4, (0xE1000000 + i).to_bytes(4, "big")))
+    server, ours = helper_with(kernel)
+    done: list[int] = []
+
+    def serve() -> None:
+        try:
+            done.append(server.run())
+        except ConnectionResetError:  # (main() takes it as the end too)
+            done.append(0)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert select.select([ours], [], [], 5)[0]  # the first datagram is out ...
+        time.sleep(0.2)  # ... and unread: many poll rounds, not one more mroute read
+        assert kernel.sock4.reads == UPCALLS_PER_DATAGRAM
+        ours.send(codec.encode([to_wire(AddVif(9, 4, 2, 12, 1))]))  # requests still served
+        ours.settimeout(5)
+        first = codec.decode(ours.recv(codec.MAX_DATAGRAM))
+        assert len(first["upcalls"]) == UPCALLS_PER_DATAGRAM
+        reply = codec.decode(ours.recv(codec.MAX_DATAGRAM))
+        assert reply == {"t": "replies", "replies": [{"id": 9, "ok": True}]}
+        rest = codec.decode(ours.recv(codec.MAX_DATAGRAM))  # read: upcalls flow again
+        assert [u[4] for u in rest["upcalls"]] == \
+            [(0xE1000000 + i).to_bytes(4, "big") for i in range(UPCALLS_PER_DATAGRAM, n)]
+    finally:
+        ours.close()
+        thread.join(5)
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert done == [0]
 
 
 def test_helper_fast_path_keeps_the_checks_of_add_mfc() -> None:

@@ -24,7 +24,7 @@ def test_helper_command_is_isolated_without_site_and_names_its_path() -> None:
     assert cmd[5:6 + len(path)] == [str(len(path)), *path]
     assert parse_args(cmd[6 + len(path):]) == {
         "fd": 7, "table": 3, "uid": 65534, "gid": 65534, "groups": (5, 6), "max-mfc": 1234,
-        "rcvbuf": 16 * 1024 * 1024}
+        "rcvbuf": 128 * 1024}
 
 
 def test_the_boot_line_finds_the_helper_without_site() -> None:
@@ -72,4 +72,4 @@ def test_bad_helper_arguments_are_usage_errors(argv: list[str]) -> None:
 def test_helper_arguments_defaults() -> None:
     assert parse_args(["--fd", "3"]) == {"fd": 3, "table": 0, "uid": None, "gid": None,
                                          "groups": (), "max-mfc": DEFAULT_MAX_MFC,
-                                         "rcvbuf": 16 * 1024 * 1024}
+                                         "rcvbuf": 128 * 1024}

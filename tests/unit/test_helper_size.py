@@ -15,9 +15,10 @@ from smcroute.unprivileged.smcrouted import HELPER_BOOT, helper_path
 
 # 819 when the op table went in (1153 before it), 831 with the user
 # namespace fallback for its receive buffers and the Landlock and seccomp
-# functions the confined controller shares: a ratchet, so the helper only
-# grows by a decision that also changes this number.
-MAX_CODE_LINES = 840
+# functions the confined controller shares, 854 with upcalls held in the
+# kernel while the controller is behind (issue 17): a ratchet, so the
+# helper only grows by a decision that also changes this number.
+MAX_CODE_LINES = 854
 
 
 def code_lines(source: str) -> int:
