@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from smcroute.unprivileged.core import Settings
 from smcroute.unprivileged.effects import ReturnMemory
+from smcroute.unprivileged.flows import Limits
 from smcroute.unprivileged.memory import return_memory
 from smcroute.unprivileged.model import Interface
 
@@ -79,7 +80,8 @@ def flood(h: Harness, group: bytes, first: int, n: int, fast: bool, step: float)
 def per_entry(kind: str, n: int) -> dict[str, float]:
     group, fast = KINDS[kind]
     # no expiry during the count; budgets above n
-    settings = Settings(cache_timeout=0)
+    room = 2 * n + 4000
+    settings = Settings(cache_timeout=0, limits=Limits(max_learned=room, max_per_rule=room))
     h = Harness(CONFIG, IFACES, settings=settings, max_mfc=4 * n)
     flood(h, group, 1, 2000, fast, 1.0)  # warm: first-time allocations out of the way
     gc.collect()

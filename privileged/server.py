@@ -22,7 +22,7 @@ UPCALLS_PER_DATAGRAM = 128
 # rcvbuf), where the excess is dropped with its entry: work is dropped, not
 # state (issue 17).
 CHANNEL_BACKLOG = 8 * 1024
-BACKLOG_RECHECK_MS = 2
+BACKLOG_RECHECK_MS = 1  # poll(2)'s least; the kernel queue covers such a hold
 SIOCOUTQ = 0x5411
 
 

@@ -48,20 +48,28 @@ def _shape(family: int, iif: str, oifs: Iterable[tuple[str, int]],
     return shape
 
 
+BUDGET = object()  # Flow._origin of a budget stop filter
+
+
 class Flow(Mfc):
     """A flow: the MFC entry the kernel holds for it (it is one: the ledger
     holds the flow itself), what it was decided from, and its activity.
     One object per flow, not three (issue 17): a flood makes many.
 
     Two flows are equal when the same decision was made for the same
-    (S,G) (entry, inbound interface, rule, budget); the activity (created,
-    changed, count) is not compared, and it is the one mutable part."""
+    (S,G) (entry, inbound interface, rule, budget); the activity (since,
+    count) is not compared, and it is the one mutable part."""
 
-    __slots__ = ("budget", "changed", "count", "created", "rule")
-    rule: RuleKey | None  # the template that gave a learned route its OIFs
-    budget: bool  # a stop filter because a budget was exhausted: it expires
-    created: float | None  # None: not yet seen by expiry
-    changed: float  # its valid packet count last moved
+    __slots__ = ("_origin", "count", "since")
+    # The template that gave a learned route its OIFs, None for a stop
+    # filter, BUDGET for a stop filter made because a budget was exhausted
+    # (it expires): rule and budget in one slot (issue 17).
+    _origin: RuleKey | object | None
+    # None: not yet seen by expiry. Then, for a budget stop filter, when it
+    # was first seen (its lifetime counts from there; its counters are never
+    # read); for any other flow, when its valid packet count last moved. One
+    # slot for both: a flood makes many flows (issue 17).
+    since: float | None
     count: int | None  # valid packets at the last sample
 
     def __init__(self, key: MfcKey, iif: str, oifs: Iterable[tuple[str, int]],
@@ -69,8 +77,10 @@ class Flow(Mfc):
                  rule: RuleKey | None = None, budget: bool = False) -> None:
         parent, pairs, names = _shape(key.family, iif, oifs, vifs)
         super().__init__(key, parent, pairs, iif, names, where)
-        self.rule, self.budget = rule, budget
-        self.created, self.changed, self.count = None, 0.0, None
+        if budget and rule is not None:
+            raise ValueError("a budget stop filter has no rule")
+        object.__setattr__(self, "_origin", BUDGET if budget else rule)
+        self.since, self.count = None, None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Flow):
@@ -81,10 +91,10 @@ class Flow(Mfc):
     __hash__ = Mfc.__hash__
 
     def __setattr__(self, name: str, value: object) -> None:
-        # The entry (Mfc's fields) stays frozen; the decision and activity
+        # The entry (Mfc's fields) and the decision stay frozen; the activity
         # slots are set here (Mfc's own frozen __setattr__ cannot serve a
         # subclass of a slots dataclass).
-        if name not in Flow.__slots__:
+        if name not in ("since", "count"):
             raise AttributeError(f"a flow's {name} cannot change")
         object.__setattr__(self, name, value)
 
@@ -93,13 +103,23 @@ class Flow(Mfc):
                 f" budget={self.budget})")
 
     @property
+    def rule(self) -> RuleKey | None:
+        """The template that gave a learned route its OIFs (None: a stop filter)."""
+        return None if self._origin is BUDGET else self._origin  # type: ignore[return-value]
+
+    @property
+    def budget(self) -> bool:
+        """A stop filter because a budget was exhausted: it expires."""
+        return self._origin is BUDGET
+
+    @property
     def entry(self) -> Mfc:
         """What the kernel holds for it: the flow itself."""
         return self
 
     @property
     def stop(self) -> bool:
-        return self.rule is None
+        return self._origin is None or self._origin is BUDGET
 
     @property
     def overload(self) -> bool:
@@ -254,8 +274,7 @@ class FlowTable:
             self.learned[flow.rule] += 1
             self.total += 1
         if now is not None:
-            flow.created = flow.changed = now
-            flow.count = None
+            flow.since, flow.count = now, None
 
     def _take(self, flow: Flow) -> None:
         """Uncount a flow (the caller removes or replaces it)."""
@@ -590,7 +609,7 @@ class FlowTable:
             return []
         horizon = now + period - max_idle
         return [k for k, f in self.flows.items()
-                if not f.budget and (f.count is None or f.changed <= horizon)]
+                if not f.budget and (f.count is None or f.since <= horizon)]
 
     def expired(self, counts: Mapping[MfcKey, int], now: float, max_idle: float,
                 sampled: Iterable[MfcKey]) -> list[MfcKey]:
@@ -600,12 +619,12 @@ class FlowTable:
         by its last change."""
         gone = []
         for key, flow in self.flows.items():
-            if flow.created is None:
-                flow.created = flow.changed = now
+            if flow.since is None:
+                flow.since = now
             if flow.budget:
                 lifetime = self.limits.overload_lifetime if flow.overload else \
                     self.limits.budget_stop_lifetime
-                if now - flow.created >= lifetime:
+                if now - flow.since >= lifetime:
                     gone.append(key)
         if max_idle <= 0:
             return gone
@@ -615,10 +634,10 @@ class FlowTable:
                 continue
             count = counts.get(key)
             if count is not None and flow.count is not None and count != flow.count:
-                flow.changed = now
+                flow.since = now
             if count is not None:
                 flow.count = count
-            if now - flow.changed >= max_idle:
+            if now - flow.since >= max_idle:
                 gone.append(key)
         return gone
 
@@ -632,4 +651,4 @@ def _group_stop_entry(gkey: MfcKey, iif: str, vifs: Mapping[tuple[int, str], Vif
 
 def _carry(old: Flow, new: Flow) -> None:
     """A flow decided anew (rematch, a refusal taken back) keeps its activity."""
-    new.created, new.changed, new.count = old.created, old.changed, old.count
+    new.since, new.count = old.since, old.count
