@@ -161,10 +161,10 @@ class Mroute:
             if table:
                 sock.setsockopt(level, opt_table, struct.pack("@I", table))
             sock.setsockopt(level, opt_init, 1)
-            # The upcall queue is bounded (the kernel doubles this: about
-            # 340 upcalls). Each queued upcall is an unresolved entry
-            # holding packets; past the bound the kernel drops the upcall
-            # with its entry, and the flow's next packet asks again.
+            # The upcall queue is bounded (smcrouted --upcall-queue). Each
+            # queued upcall is an unresolved entry holding packets; past the
+            # bound the kernel drops the upcall with its entry, and the
+            # flow's next packet asks again.
             try:
                 sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
             except PermissionError:  # (a user namespace: as much as rmem_max allows)

@@ -24,7 +24,7 @@ WIDTH = 80
 
 # SPEC 1.1: every option letter of SMCRoute's smcrouted.
 SMCROUTED_LETTERS = "cdDefFhiIlmnNpPstuv"
-SMCROUTED_LONG = ("--max-learned", "--max-learned-per-rule", "--upcall-rate",
+SMCROUTED_LONG = ("--max-learned", "--max-learned-per-rule", "--upcall-rate", "--upcall-queue",
                   "--socket-group", "--readonly-group")
 # SPEC 1.4: smcroutectl's options.
 SMCROUTECTL_LETTERS = "bdhiIjptuv"

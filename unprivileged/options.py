@@ -21,10 +21,16 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 # stop entry per group while it is over the upcall rate or the stop-filter
 # budget: flows.py); the helper's MFC cap leaves room for them.
 OVERLOAD_STOPS = 1024
+# New flows that may wait in the kernel for the daemon, each an unresolved
+# entry holding its first packets: the mroute sockets' queue (sized in
+# smcrouted.helper_command). Twice C SMCRoute's (the kernel's default).
+UPCALL_QUEUE = 512
+MAX_UPCALL_QUEUE = 1_000_000
 
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
-LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "socket-group=",
+LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "upcall-queue=",
+            "socket-group=",
             "readonly-group=", "log-json", "default-user=", "kernel-star-g", "help",
             "version")
 PROG = "smcrouted"
@@ -60,6 +66,7 @@ class Options:
     max_learned: int = 50_000  # learned (*,G) routes in total; stop filters too
     max_learned_per_rule: int = 20_000
     upcall_rate: int = 10_000  # kernel upcalls handled per second (burst the same)
+    upcall_queue: int = UPCALL_QUEUE  # new flows that may wait in the kernel for us
     socket_group: int | None = None  # full access to the control socket (default: -p group)
     readonly_group: int | None = None  # may only "show"
     log_json: bool = False  # JSON lines instead of text
@@ -202,8 +209,10 @@ def _apply(opts: Options, flag: str, value: str) -> Options:
                       file=sys.stderr)
                 raise Exit(1) from None
             opts = replace(opts, **{flag[2:].replace("-", "_"): gid})
-        case "--max-learned" | "--max-learned-per-rule" | "--upcall-rate":
+        case "--max-learned" | "--max-learned-per-rule" | "--upcall-rate" | "--upcall-queue":
             if not value.isdigit() or int(value) < 1:
                 raise _fail_usage(f"{flag} needs a positive integer, not '{value}'", opts)
+            if flag == "--upcall-queue" and int(value) > MAX_UPCALL_QUEUE:
+                raise _fail_usage(f"{flag} is at most {MAX_UPCALL_QUEUE}, not '{value}'", opts)
             opts = replace(opts, **{flag[2:].replace("-", "_"): int(value)})
     return opts

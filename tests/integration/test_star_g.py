@@ -654,3 +654,38 @@ def test_upcall_rate_limits_new_flows(topo, smcrouted):
     assert got == {"A": 5, "B": 0, "C": 0}
     assert daemon.proc.poll() is None
     assert os.path.exists(f"/proc/{daemon.pid}")
+
+
+QUEUE_CONFIG = FLOOD_CONFIG + "mroute from r-s group ff0e::7:0/112 to r-a\n"
+QUEUE_GROUPS = {V4: flood_groups(2000), V6: [f"ff0e::7:{i + 1:x}" for i in range(2000)]}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_new_flows_waiting_for_a_stalled_controller_stay_within_the_queue(topo, smcrouted,
+                                                                          family):
+    """--upcall-queue 64 and the controller stopped (SIGSTOP): of 2000 new
+    flows the kernel holds no more unresolved entries than the queue plus
+    what the helper passed on before it held back (at most two datagrams
+    of 128 while 8 KiB are unread); the others were dropped with their
+    entries (with a 16 MiB queue all 2000 waited). Once the controller runs
+    again, new flows are routed."""
+    queue = 64
+    daemon = smcrouted(QUEUE_CONFIG, ["--upcall-queue", str(queue)])
+    groups = QUEUE_GROUPS[family]
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        with ExitStack() as stack:
+            tx = sender_for(stack, topo, family)
+            for group in groups[:-1]:
+                tx.send(group, PORT, b"queue")
+        time.sleep(0.5)  # the helper does what it will
+        waiting = sum(e.iif == -1 for e in read_mr_cache(daemon.pid, family))
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert queue // 2 < waiting <= 2 * queue + 2 * 128, waiting
+    # the ones that waited are answered, well before the kernel's 10 s
+    assert wait_for(lambda: not any(e.iif == -1 for e in read_mr_cache(daemon.pid, family)),
+                    5.0), "flows still waiting for the daemon"
+    got = learn_flow(topo, family, groups[-1], ["A"], count=5)
+    assert got == {"A": 5, "B": 0, "C": 0}
+    assert daemon.proc.poll() is None

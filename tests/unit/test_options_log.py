@@ -378,3 +378,22 @@ def test_parse_level_empty_matches_the_first_name() -> None:
 ])
 def test_atoi(text: str, value: int) -> None:
     assert atoi(text) == value
+
+
+# -- --upcall-queue --------------------------------------------------------------------------
+
+
+def test_upcall_queue_default_and_value() -> None:
+    assert parse([]).upcall_queue == 512
+    assert parse(["--upcall-queue", "2000"]).upcall_queue == 2000
+    assert parse(["--upcall-queue=64"]).upcall_queue == 64
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("0", "needs a positive integer, not '0'"), ("-5", "needs a positive integer, not '-5'"),
+    ("x", "needs a positive integer, not 'x'"), ("1000001", "is at most 1000000, not '1000001'")])
+def test_upcall_queue_out_of_range(value: str, why: str,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = exits(["--upcall-queue", value], capsys)
+    assert status == 64
+    assert f"--upcall-queue {why}" in err
