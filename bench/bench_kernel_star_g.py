@@ -6,6 +6,7 @@ Run as root, from the project venv:
 
     /opt/smcroute-py/venv/bin/python bench/bench_kernel_star_g.py \\
         [--c-smcrouted PATH] [--flows 30] [--burst 2000] [--flood 100000]
+        [--flood-rate PPS]
 
 A C SMCRoute to compare with: Debian's package, unpacked without
 installing it (no service is started):
@@ -222,7 +223,7 @@ def burst(topo: Topology, daemon: Daemon, family: int, n: int, first: int) -> di
 
 
 def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
-          after: float) -> dict:
+          after: float, rate: float = 0.0) -> dict:
     tx = RawSender(topo, family)
     rss0, cpu0 = daemon.rss_mib(), daemon.cpu()
     peak_rss, peak_unres, peak_entries = list(rss0), 0, 0
@@ -231,6 +232,8 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
         payload = MARKER + b" flood"
         for i in range(n):
             tx.send(tx.packet(source(family, first + i), payload))
+            if rate and i % 50 == 49 and (ahead := t0 + (i + 1) / rate - time.monotonic()) > 0:
+                time.sleep(ahead)  # paced: --flood-rate datagrams a second
             if i % 5000 == 4999:
                 rows, unresolved = per_source_rows(daemon.pid, family)
                 peak_unres = max(peak_unres, unresolved)
@@ -276,7 +279,8 @@ def run_mode(name: str, binary: str, extra: list[str], topo: Topology, ws, args,
                          f"{b['forwarded']}/{args.burst}, {b['upcalls']}"))
             time.sleep(6)  # -c 5: what the burst learned expires
             if args.flood:
-                f = flood(topo, daemon, family, args.flood, 200_000, args.after)
+                f = flood(topo, daemon, family, args.flood, 200_000, args.after,
+                          args.flood_rate)
                 daemon.check_alive()
                 rows.append((name, f"{fam} flood of {args.flood}: sent in, daemon CPU during"
                                    f" (+{args.after:.0f} s after)",
@@ -304,6 +308,8 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=30)
     ap.add_argument("--burst", type=int, default=2000)
     ap.add_argument("--flood", type=int, default=100_000, help="0: skip (c)")
+    ap.add_argument("--flood-rate", type=float, default=0.0,
+                    help="(c) datagrams a second (default: as fast as they go)")
     ap.add_argument("--after", type=float, default=20.0, help="(c) seconds watched after")
     ap.add_argument("--modes", default="per-source,kernel-star-g,c",
                     help="which daemons, of per-source, kernel-star-g, c (if --c-smcrouted)")

@@ -33,7 +33,7 @@ INIT_ERRORS = {
 # The options, all numbers, with their ranges and defaults (None: none).
 OPTIONS = {"fd": (0, 2**31 - 1, None), "table": (0, MAX_TABLE, 0), "uid": (0, 2**32 - 2, None),
            "gid": (0, 2**32 - 2, None), "max-mfc": (1, MAX_MFC_CAP, DEFAULT_MAX_MFC),
-           "rcvbuf": (1, 2**31 - 1, 192 * 1024)}  # smcrouted: --upcall-queue
+           "rcvbuf": (1, 2**31 - 1, 768_000)}  # smcrouted: --upcall-queue
 
 
 class UsageError(ValueError):

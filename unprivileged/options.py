@@ -23,8 +23,9 @@ from smcroute.unprivileged.cmdline import OptError, atoi, getopt
 OVERLOAD_STOPS = 1024
 # New flows that may wait in the kernel for the daemon, each an unresolved
 # entry holding its first packets: the mroute sockets' queue (sized in
-# smcrouted.helper_command). Twice C SMCRoute's (the kernel's default).
-UPCALL_QUEUE = 512
+# smcrouted.helper_command). A burst of 2000 new flows fits (C SMCRoute's
+# queue, the kernel's default, holds about 280).
+UPCALL_QUEUE = 2000
 MAX_UPCALL_QUEUE = 1_000_000
 
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"

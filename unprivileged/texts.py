@@ -59,7 +59,7 @@ SMCROUTED_LONG_USAGE = """Long options (smcroute-py's own):
   --max-learned N            Learned (*,G) routes in all, default 50000
   --max-learned-per-rule N   Learned routes per (*,G) rule, default 20000
   --upcall-rate N            Kernel upcalls handled per second, default 10000
-  --upcall-queue N           New flows that may wait in the kernel, default 512
+  --upcall-queue N           New flows that may wait in the kernel, default 2000
   --kernel-star-g            (*,G) rules with one group become kernel (*,G)
                              entries: new sources forwarded with no upcall
   --log-json                 Log JSON lines instead of text

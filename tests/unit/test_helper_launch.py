@@ -24,7 +24,7 @@ def test_helper_command_is_isolated_without_site_and_names_its_path() -> None:
     assert cmd[5:6 + len(path)] == [str(len(path)), *path]
     assert parse_args(cmd[6 + len(path):]) == {
         "fd": 7, "table": 3, "uid": 65534, "gid": 65534, "groups": (5, 6), "max-mfc": 1234,
-        "rcvbuf": 192 * 1024}
+        "rcvbuf": 768_000}
 
 
 def test_the_boot_line_finds_the_helper_without_site() -> None:
@@ -72,14 +72,15 @@ def test_bad_helper_arguments_are_usage_errors(argv: list[str]) -> None:
 def test_helper_arguments_defaults() -> None:
     assert parse_args(["--fd", "3"]) == {"fd": 3, "table": 0, "uid": None, "gid": None,
                                          "groups": (), "max-mfc": DEFAULT_MAX_MFC,
-                                         "rcvbuf": 192 * 1024}
+                                         "rcvbuf": 768_000}
 
 
 def test_the_upcall_queue_sizes_the_helpers_mroute_buffers() -> None:
     """--upcall-queue N: the kernel charges about 768 bytes a queued upcall
     and doubles the buffer it is given, so the helper asks for N * 384."""
     path = helper_path()
-    for queue, rcvbuf in ((512, 196608), (64, 24576), (1_000_000, 384_000_000)):
+    for queue, rcvbuf in ((2000, 768_000), (512, 196_608), (64, 24_576),
+                          (1_000_000, 384_000_000)):
         cmd = helper_command(7, 0, None, 1234, queue)
         assert parse_args(cmd[6 + len(path):])["rcvbuf"] == rcvbuf
     assert parse_args(helper_command(7, 0, None, 1234)[6 + len(path):])["rcvbuf"] == \

@@ -384,7 +384,7 @@ def test_atoi(text: str, value: int) -> None:
 
 
 def test_upcall_queue_default_and_value() -> None:
-    assert parse([]).upcall_queue == 512
+    assert parse([]).upcall_queue == 2000
     assert parse(["--upcall-queue", "2000"]).upcall_queue == 2000
     assert parse(["--upcall-queue=64"]).upcall_queue == 64
 
