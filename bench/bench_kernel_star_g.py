@@ -146,14 +146,17 @@ class Daemon(bench_star_g.Daemon):
     def pids(self) -> list[int]:
         return [self.pid, *sorted(self.helpers)]
 
-    def cpu(self) -> float:
-        """CPU seconds of the daemon and its helper."""
+    def cpus(self) -> list[float]:
+        """CPU seconds of the daemon, then of its helper (if any)."""
         tick = os.sysconf("SC_CLK_TCK")
-        total = 0
+        out = []
         for pid in self.pids():
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / tick
+            out.append((int(fields[11]) + int(fields[12])) / tick)
+        return out
+
+    def cpu(self) -> float:
+        return sum(self.cpus())
 
     def rss_mib(self) -> list[float]:
         out = []
@@ -225,7 +228,7 @@ def burst(topo: Topology, daemon: Daemon, family: int, n: int, first: int) -> di
 def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
           after: float, rate: float = 0.0) -> dict:
     tx = RawSender(topo, family)
-    rss0, cpu0 = daemon.rss_mib(), daemon.cpu()
+    rss0, cpu0, cpus0 = daemon.rss_mib(), daemon.cpu(), daemon.cpus()
     peak_rss, peak_unres, peak_entries = list(rss0), 0, 0
     t0 = time.monotonic()
     try:
@@ -243,6 +246,7 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
         tx.close()
     sent_in = time.monotonic() - t0
     cpu_flood = daemon.cpu() - cpu0
+    split = [b - a for a, b in zip(cpus0, daemon.cpus(), strict=True)]
     deadline = time.monotonic() + after
     while time.monotonic() < deadline:
         peak_rss = [max(a, b) for a, b in zip(peak_rss, daemon.rss_mib(), strict=True)]
@@ -250,6 +254,7 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
         peak_entries = max(peak_entries, rows - unresolved)
         time.sleep(0.5)
     return {"sent_in": sent_in, "cpu": cpu_flood, "cpu_after": daemon.cpu() - cpu0,
+            "split": split,
             "rss0": rss0, "peak": peak_rss, "rss_after": daemon.rss_mib(),
             "unresolved": peak_unres, "entries": peak_entries,
             "entries_after": per_source_rows(daemon.pid, family)[0]}
@@ -284,7 +289,9 @@ def run_mode(name: str, binary: str, extra: list[str], topo: Topology, ws, args,
                 daemon.check_alive()
                 rows.append((name, f"{fam} flood of {args.flood}: sent in, daemon CPU during"
                                    f" (+{args.after:.0f} s after)",
-                             f"{f['sent_in']:.1f} s, {f['cpu']:.2f} s ({f['cpu_after']:.2f} s)"))
+                             f"{f['sent_in']:.1f} s, {f['cpu']:.2f} s ({f['cpu_after']:.2f} s)"
+                             + (" (during: " + " + ".join(f"{x:.2f}" for x in f["split"])
+                                + " s, controller + helper)" if len(f["split"]) > 1 else "")))
                 rows.append((name, f"{fam} flood: RSS before / peak / {args.after:.0f} s after",
                              f"{mib(f['rss0'])} / {mib(f['peak'])} / {mib(f['rss_after'])}"))
                 if f["entries"]:
