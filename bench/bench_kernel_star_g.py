@@ -228,7 +228,8 @@ def burst(topo: Topology, daemon: Daemon, family: int, n: int, first: int) -> di
 def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
           after: float, rate: float = 0.0) -> dict:
     tx = RawSender(topo, family)
-    rss0, cpu0, cpus0 = daemon.rss_mib(), daemon.cpu(), daemon.cpus()
+    rss0, cpus0 = daemon.rss_mib(), daemon.cpus()
+    cpu0 = sum(cpus0)
     peak_rss, peak_unres, peak_entries = list(rss0), 0, 0
     t0 = time.monotonic()
     try:
@@ -245,8 +246,8 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
     finally:
         tx.close()
     sent_in = time.monotonic() - t0
-    cpu_flood = daemon.cpu() - cpu0
     split = [b - a for a, b in zip(cpus0, daemon.cpus(), strict=True)]
+    cpu_flood = sum(split)
     deadline = time.monotonic() + after
     while time.monotonic() < deadline:
         peak_rss = [max(a, b) for a, b in zip(peak_rss, daemon.rss_mib(), strict=True)]

@@ -31,9 +31,8 @@ MAX_UPCALL_QUEUE = 1_000_000
 OPTSTRING = "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v"
 # Our extensions are long options only: SMCRoute's letters keep their meaning.
 LONGOPTS = ("max-learned=", "max-learned-per-rule=", "upcall-rate=", "upcall-queue=",
-            "socket-group=",
-            "readonly-group=", "log-json", "default-user=", "kernel-star-g", "help",
-            "version")
+            "socket-group=", "readonly-group=", "log-json", "default-user=", "kernel-star-g",
+            "help", "version")
 PROG = "smcrouted"
 EX_USAGE = 64
 
