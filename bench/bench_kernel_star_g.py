@@ -6,7 +6,7 @@ Run as root, from the project venv:
 
     /opt/smcroute-py/venv/bin/python bench/bench_kernel_star_g.py \\
         [--c-smcrouted PATH] [--flows 30] [--burst 2000] [--flood 100000]
-        [--flood-rate PPS]
+        [--flood-rate PPS] [--sample-every N]
 
 A C SMCRoute to compare with: Debian's package, unpacked without
 installing it (no service is started):
@@ -32,7 +32,7 @@ carry a source address of its own (spoofed, inside S's namespace only):
       peak and --after seconds after the flood (-c 5: learned routes and
       stop filters have expired by then), the peak's growth per learned
       route or stop filter the kernel held, and the peak of unresolved
-      entries.
+      entries (counted every --sample-every sources).
 
 Everything it creates is removed on exit, also on failure or Ctrl-C;
 processes are stopped by PID only.
@@ -226,7 +226,7 @@ def burst(topo: Topology, daemon: Daemon, family: int, n: int, first: int) -> di
 
 
 def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
-          after: float, rate: float = 0.0) -> dict:
+          after: float, rate: float = 0.0, every: int = 5000) -> dict:
     tx = RawSender(topo, family)
     rss0, cpus0 = daemon.rss_mib(), daemon.cpus()
     cpu0 = sum(cpus0)
@@ -238,7 +238,7 @@ def flood(topo: Topology, daemon: Daemon, family: int, n: int, first: int,
             tx.send(tx.packet(source(family, first + i), payload))
             if rate and i % 50 == 49 and (ahead := t0 + (i + 1) / rate - time.monotonic()) > 0:
                 time.sleep(ahead)  # paced: --flood-rate datagrams a second
-            if i % 5000 == 4999:
+            if i % every == every - 1:
                 rows, unresolved = per_source_rows(daemon.pid, family)
                 peak_unres = max(peak_unres, unresolved)
                 peak_entries = max(peak_entries, rows - unresolved)
@@ -286,7 +286,7 @@ def run_mode(name: str, binary: str, extra: list[str], topo: Topology, ws, args,
             time.sleep(6)  # -c 5: what the burst learned expires
             if args.flood:
                 f = flood(topo, daemon, family, args.flood, 200_000, args.after,
-                          args.flood_rate)
+                          args.flood_rate, args.sample_every)
                 daemon.check_alive()
                 rows.append((name, f"{fam} flood of {args.flood}: sent in, daemon CPU during"
                                    f" (+{args.after:.0f} s after)",
@@ -318,6 +318,8 @@ def main() -> int:
     ap.add_argument("--flood", type=int, default=100_000, help="0: skip (c)")
     ap.add_argument("--flood-rate", type=float, default=0.0,
                     help="(c) datagrams a second (default: as fast as they go)")
+    ap.add_argument("--sample-every", type=int, default=5000,
+                    help="(c) datagrams between two counts of the kernel's entries")
     ap.add_argument("--after", type=float, default=20.0, help="(c) seconds watched after")
     ap.add_argument("--modes", default="per-source,kernel-star-g,c",
                     help="which daemons, of per-source, kernel-star-g, c (if --c-smcrouted)")
