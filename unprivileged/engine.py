@@ -695,13 +695,24 @@ def plan(config: Config, interfaces: Mapping[str, Interface], installed: VifTabl
 
 # -- kernel (*,G) entries ---------------------------------------------------------------
 
+# A source-less rule whose group range holds at most this many groups is
+# expanded into exact kernel (*,G) entries (an IPv4 /24, an IPv6 /120), and
+# ranges give at most RANGE_ENTRIES in all (in configuration order; a range
+# past that keeps the per-source path whole): within the helper's cap on
+# configured entries, and a plan that stays cheap to recompute.
+RANGE_GROUPS = 256
+RANGE_ENTRIES = 4096
+
+
 def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     """The kernel (*,G) entries of --kernel-star-g: for each source-less rule
-    with an exact group, an entry (0, G) whose parent is its inbound VIF and
-    whose TTLs mark the inbound and the outbound VIFs. The kernel uses it for
-    traffic that arrives on a marked VIF when it has no (S,G) entry: from the
-    parent it forwards to the others (never back to the parent), from another
-    marked VIF it drops it (wrong_if, a WRONGVIF upcall at most every 3 s).
+    with an exact group, or a group range of at most RANGE_GROUPS groups
+    (one entry per group), an entry (0, G) whose parent is its inbound VIF
+    and whose TTLs mark the inbound and the outbound VIFs. The kernel uses
+    it for traffic that arrives on a marked VIF when it has no (S,G) entry:
+    from the parent it forwards to the others (never back to the parent),
+    from another marked VIF it drops it (wrong_if, a WRONGVIF upcall at most
+    every 3 s).
 
     So a rule becomes one only where that is what the upcall path would do:
     it is the first template on its inbound interface to cover any source of
@@ -710,44 +721,53 @@ def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     ones (an (S,G) entry forwards back out there, a (*,G) one does not), and
     no earlier rule took G (the kernel holds one entry per (S,G), so also one
     per (*,G)), nor a configured route with the zero source. The others keep
-    the upcall path. Pure; O(templates)."""
-    exact: dict[tuple[int, str], dict[bytes, int]] = {}  # first seq per exact group
-    ranges: dict[tuple[int, str], list[tuple[int, int, int]]] = {}  # (seq, gnet, gmask)
+    the upcall path. Pure; O(entries x prefix lengths in use)."""
+    # per (family, inbound): prefix length -> group net -> first rule seq
+    cover: dict[tuple[int, str], dict[int, dict[int, int]]] = {}
     candidates: list[Route] = []
     for rule in p.template_rules.values():
         r = rule.rule
-        whole = r.group.length == r.group.max_length
+        small = r.source is None and 1 << (r.group.max_length - r.group.length) <= RANGE_GROUPS
         for route in rule.routes.values():
-            at = (route.family, route.iif)
-            if whole:
-                exact.setdefault(at, {}).setdefault(r.group.packed, rule.seq)
-                if r.source is None:
-                    candidates.append(route)
-            else:
-                gnet, gmask, _, _ = route.net
-                ranges.setdefault(at, []).append((rule.seq, gnet, gmask))
+            gnet = route.net[0]
+            nets = cover.setdefault((route.family, route.iif), {}).setdefault(r.group.length, {})
+            nets.setdefault(gnet, rule.seq)
+            if small:
+                candidates.append(route)
 
-    def covered(family: int, name: str, group: bytes, before: int | None) -> bool:
-        """Does a template on name (earlier than before, if given) cover group?"""
-        seq = exact.get((family, name), {}).get(group)
-        if seq is not None and (before is None or seq < before):
-            return True
-        g = int.from_bytes(group, "big")
-        return any(g & gmask == gnet and (before is None or s < before)
-                   for s, gnet, gmask in ranges.get((family, name), ()))
+    def first(family: int, name: str, g: int) -> int | None:
+        """The seq of the first template on name covering group g, if any."""
+        best = None
+        width = 32 if family == 4 else 128
+        for length, nets in cover.get((family, name), {}).items():
+            seq = nets.get(g & ~((1 << (width - length)) - 1))
+            if seq is not None and (best is None or seq < best):
+                best = seq
+        return best
 
     out: dict[MfcKey, Mfc] = {}
     vifs = p.vifs
+    from_ranges = 0
     for route in sorted(candidates, key=lambda r: r.seq):
-        family, group = route.family, route.rule.group.packed
-        key = MfcKey(family, zero(family), group)
-        if (key in out or key in p._contrib or route.iif in route.oifs
-                or covered(family, route.iif, group, route.seq)
-                or any(covered(family, name, group, None) for name in route.oifs)):
+        family, group = route.family, route.rule.group
+        size = 1 << (group.max_length - group.length)
+        if route.iif in route.oifs:
             continue
+        if size > 1:  # a range counts whole, taken or not
+            if from_ranges + size > RANGE_ENTRIES:
+                continue
+            from_ranges += size
         parent = vifs[(family, route.iif)].vif
         marks = sorted([(parent, 1, route.iif)] + [(vifs[(family, n)].vif, ttl, n)
                                                    for n, ttl in route.oifs.items()])
-        out[key] = Mfc(key, parent, tuple((v, t) for v, t, _ in marks), route.iif,
-                       tuple(n for _, _, n in marks), route.rule.where)
+        ttls = tuple((v, t) for v, t, _ in marks)
+        names = tuple(n for _, _, n in marks)
+        gnet = route.net[0]
+        for g in range(gnet, gnet + size):
+            key = MfcKey(family, zero(family), g.to_bytes(group.max_length // 8, "big"))
+            if (key in out or key in p._contrib
+                    or first(family, route.iif, g) != route.seq
+                    or any(first(family, name, g) is not None for name in route.oifs)):
+                continue
+            out[key] = Mfc(key, parent, ttls, route.iif, names, route.rule.where)
     return out

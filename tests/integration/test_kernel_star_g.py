@@ -121,6 +121,24 @@ def test_new_sources_forwarded_with_no_learned_entry_and_no_upcall(topo, smcrout
     assert daemon.proc.poll() is None
 
 
+RANGE = {V4: ("225.30.1.0/31", ["225.30.1.0", "225.30.1.1"]),
+         V6: ("ff0e::31:0/127", ["ff0e::31:0", "ff0e::31:1"])}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_small_group_range_is_one_entry_per_group(topo, smcrouted, family):
+    prefix, groups = RANGE[family]
+    daemon = smcrouted(PHYINTS + f"mroute from r-s group {prefix} to r-a\n", ARGS)
+    assert read_mfc(topo.router, family) == {star_entry(family, g, "r-s", ["r-a"])
+                                             for g in groups}
+    sources = add_sources(topo, family)
+    for group in groups:
+        assert from_sources(topo, family, group, sources, 4) == {"A": 20, "B": 0, "C": 0}
+        assert sources_in_cache(daemon, family, group) == set(), "an upcall was sent"
+    out = daemon.ctl("show", "routes").stdout
+    assert all(f"(*, {canon(g)})" in out for g in groups), out
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_other_interfaces_get_stop_filters_or_nothing(topo, smcrouted, family):
     """From C (not in the rule) the upcall path gives a stop filter; from A

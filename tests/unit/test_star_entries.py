@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from smcroute.unprivileged import show
 from smcroute.unprivileged.config import parse_text
 from smcroute.unprivileged.core import Settings
-from smcroute.unprivileged.engine import Plan, plan, rule_key
+from smcroute.unprivileged.engine import RANGE_ENTRIES, RANGE_GROUPS, Plan, plan, rule_key
 from smcroute.unprivileged.model import Interface, Mfc, MfcKey, Mroute, is_star, zero
 
 from .corehelp import Harness
@@ -82,6 +82,44 @@ def test_what_stays_on_the_upcall_path() -> None:
     assert set(p.star) == {star("228.1.1.1"), star("229.1.1.1")}
     assert names(p, "228.1.1.1")[0] == "b1"
     assert names(p, "229.1.1.1")[0] == "a2"
+
+
+def test_a_small_group_range_is_one_entry_per_group() -> None:
+    p = star_plan("mroute from a1 group 225.1.2.0/30 to a2\n"
+                  "mroute from b1 group ff2e::40/126 to a1\n")
+    assert set(p.star) == {star(f"225.1.2.{n}") for n in range(4)} | \
+        {star(f"ff2e::{n:x}") for n in range(0x40, 0x44)}
+    assert {names(p, f"225.1.2.{n}") for n in range(4)} == {("a1", ("a1", "a2"))}
+    assert all(p.mfc[k].where.line == 1 for k in p.star if k.family == 4)  # type: ignore[union-attr]
+
+
+def test_the_limits_of_range_expansion() -> None:
+    # more than RANGE_GROUPS groups: the per-source path
+    p = star_plan(f"mroute from a1 group 225.1.0.0/{32 - RANGE_GROUPS.bit_length()} to a2\n")
+    assert p.star == {}
+    p = star_plan("mroute from a1 group 225.1.0.0/24 to a2\n")
+    assert len(p.star) == RANGE_GROUPS
+    # ranges give at most RANGE_ENTRIES in all, in configuration order; a
+    # range past that keeps the per-source path whole, exact groups do not count
+    n = RANGE_ENTRIES // RANGE_GROUPS
+    lines = "".join(f"mroute from a1 group 226.{i}.0.0/24 to a2\n" for i in range(n + 1))
+    p = star_plan(lines + "mroute from a1 group 227.0.0.1 to a2\n")
+    assert len(p.star) == RANGE_ENTRIES + 1
+    assert star(f"226.{n}.0.1") not in p.star and star("227.0.0.1") in p.star
+
+
+def test_a_range_shares_its_groups_as_the_first_match_does() -> None:
+    p = star_plan("mroute from a1 group 225.1.2.1 to a3\n"    # earlier: takes .1
+                  "mroute from a1 group 225.1.2.0/30 to a2\n"
+                  "mroute from a2 group 225.1.2.2 to b1\n"    # on an OIF: .2 is routed from a2
+                  "mroute from a1 group 225.1.2.3 to b1\n")   # later: the range's
+    assert names(p, "225.1.2.0") == ("a1", ("a1", "a2"))
+    assert names(p, "225.1.2.1") == ("a1", ("a1", "a3"))
+    assert names(p, "225.1.2.2") == ("a2", ("a2", "b1"))  # the a2 rule's, not the range's
+    assert names(p, "225.1.2.3") == ("a1", ("a1", "a2"))
+    # the inbound among the outbound: none of the range
+    p = star_plan("mroute from a1 group 225.1.2.0/30 to a1 a2\n")
+    assert p.star == {}
 
 
 def test_an_earlier_source_specific_template_for_the_group_wins() -> None:
