@@ -195,8 +195,8 @@ class CoreState:
             ops += self._fast_ops((), ())
         ops += [ledger.add_vif(v) for v in add_vifs]
         full = keys is None
-        if keys is None:
-            keys = {*plan.mfc, *flows.flows, *ledger.mfc}
+        if keys is None:  # in the plan's order: show lists the kernel table as installed
+            keys = dict.fromkeys([*plan.mfc, *flows.flows, *ledger.mfc])
         dels: list[MfcKey] = []
         sets: list[Mfc] = []
         for key in keys:
@@ -212,6 +212,9 @@ class CoreState:
                 sets.append(want)
             elif have is not want and not ledger.busy(key):
                 ledger.mfc[key] = want  # the same entry, other names (a rename)
+        if len(sets) > 1 and not full:  # new configured entries in configuration order
+            rank = {k: i for i, k in enumerate(plan.mfc)}
+            sets.sort(key=lambda m: rank.get(m.key, len(rank)))
         ops += [ledger.del_mfc(k) for k in dels]
         ops += [ledger.add_mfc(m) for m in sets]
         ops += [ledger.del_vif(v) for v in del_vifs]

@@ -333,7 +333,7 @@ class Plan:
     def take_changes(self) -> Changes:
         if self.kernel_star_g and (self.changes.inbound or self.slots.changed):
             star = star_entries(self)
-            for key in self.star.keys() | star.keys():
+            for key in [*star, *(k for k in self.star if k not in star)]:  # rule order
                 if self.star.get(key) != star.get(key):
                     self.changes.mfc.add(key)
                     if key in star:

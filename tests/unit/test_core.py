@@ -293,6 +293,25 @@ def test_oifs_are_shown_in_vif_order() -> None:
     assert routes["asm"][0]["oifs"] == routes["ssm"][0]["oifs"] == ["a3", "a2"]
 
 
+def kernel_rows(h: Harness) -> list[str]:
+    return [line.split()[1].rstrip(")") for line in
+            h.show().split("Kernel MFC Table_")[1].splitlines()[2:]]
+
+
+def test_the_kernel_table_is_shown_in_the_order_installed() -> None:
+    """As SMCRoute's kernel list: configured routes in configuration order at
+    start-up (not in a hash order that changes from run to run); a reload
+    keeps unchanged entries where they are and appends new ones, in
+    configuration order."""
+    lines = [f"mroute from a1 source {S} group 225.1.1.{n} to a2\n" for n in range(1, 21)]
+    h = Harness("".join(lines))
+    assert kernel_rows(h) == [f"225.1.1.{n}" for n in range(1, 21)]
+    new = [f"mroute from a1 source {S} group 225.1.2.{n} to a2\n" for n in range(1, 11)]
+    h.reload("".join(new[:5] + lines[:10] + new[5:] + lines[10:]))
+    assert kernel_rows(h) == [f"225.1.1.{n}" for n in range(1, 21)] + \
+        [f"225.1.2.{n}" for n in range(1, 11)]
+
+
 def test_the_inbound_interface_may_be_an_outbound_one() -> None:
     h = Harness(f"mroute from a1 source {S} group 225.1.1.1 to a1 a2\n"
                 "mroute from a1 group 225.2.0.0/16 to a1\n")
