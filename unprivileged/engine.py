@@ -731,7 +731,7 @@ def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
         for route in rule.routes.values():
             gnet = route.net[0]
             nets = cover.setdefault((route.family, route.iif), {}).setdefault(r.group.length, {})
-            nets.setdefault(gnet, rule.seq)
+            nets[gnet] = min(nets.get(gnet, rule.seq), rule.seq)  # first: the lowest seq
             if small:
                 candidates.append(route)
 
