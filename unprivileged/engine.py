@@ -721,16 +721,16 @@ def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     ones (an (S,G) entry forwards back out there, a (*,G) one does not), and
     no earlier rule took G (the kernel holds one entry per (S,G), so also one
     per (*,G)), nor a configured route with the zero source. The others keep
-    the upcall path. Pure; O(entries x prefix lengths in use)."""
-    # per (family, inbound): prefix length -> group net -> first rule seq
+    the upcall path. Pure; O(entries x group prefix lengths in use)."""
+    # per (family, inbound): group mask -> group net -> first rule seq
     cover: dict[tuple[int, str], dict[int, dict[int, int]]] = {}
     candidates: list[Route] = []
     for rule in p.template_rules.values():
         r = rule.rule
         small = r.source is None and 1 << (r.group.max_length - r.group.length) <= RANGE_GROUPS
         for route in rule.routes.values():
-            gnet = route.net[0]
-            nets = cover.setdefault((route.family, route.iif), {}).setdefault(r.group.length, {})
+            gnet, gmask, _, _ = route.net
+            nets = cover.setdefault((route.family, route.iif), {}).setdefault(gmask, {})
             nets[gnet] = min(nets.get(gnet, rule.seq), rule.seq)  # first: the lowest seq
             if small:
                 candidates.append(route)
@@ -738,9 +738,8 @@ def star_entries(p: Plan) -> dict[MfcKey, Mfc]:
     def first(family: int, name: str, g: int) -> int | None:
         """The seq of the first template on name covering group g, if any."""
         best = None
-        width = 32 if family == 4 else 128
-        for length, nets in cover.get((family, name), {}).items():
-            seq = nets.get(g & ~((1 << (width - length)) - 1))
+        for gmask, nets in cover.get((family, name), {}).items():
+            seq = nets.get(g & gmask)
             if seq is not None and (best is None or seq < best):
                 best = seq
         return best
